@@ -1,0 +1,1 @@
+"""Audio DataModules: official dataset layouts, user folders and procedural sounds."""

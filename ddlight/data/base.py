@@ -1,0 +1,207 @@
+"""The base of every ddlight DataModule: fixed-length waveforms in memory, features on the device.
+
+A DataModule holds each split as a :class:`WaveformSet` (``[N, L]`` float32 waveforms, possibly a
+memory-mapped cache, and integer labels). Batches of *waveforms* travel to the device and are turned
+into normalised features there, in :meth:`AudioDataModule.on_after_batch_transfer`, by the nnAudio front
+end. ``num_classes`` and ``feature_shape`` are known right after ``__init__`` so that LightningCLI can
+link them into the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ddlight.features import AudioFeatures, FeatureConfig
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class WaveformSet:
+    """One split: waveforms ``[N, L]`` (float32, array or memmap) and labels ``[N]`` (int64)."""
+
+    waves: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.waves) != len(self.labels):
+            raise ValueError(f"{len(self.waves)} waveforms but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class WaveformDataset(Dataset):
+    """Map-style dataset over a :class:`WaveformSet` returning ``(waveform [L], label)``."""
+
+    def __init__(self, data: WaveformSet) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        wave = torch.from_numpy(np.array(self.data.waves[index], dtype=np.float32))
+        return wave, torch.tensor(int(self.data.labels[index]), dtype=torch.long)
+
+
+class AudioDataModule(L.LightningDataModule):
+    """Fixed-length mono audio at one sample rate, with an on-device feature front end.
+
+    Subclasses set :attr:`classes` in ``__init__`` and implement :meth:`load_splits`.
+
+    Args:
+        sample_rate: Target sampling rate in Hz; every clip is resampled to it.
+        duration: Clip length in seconds; clips are cropped or zero-padded to it.
+        features: Feature front end applied on the device.
+        batch_size: Batch size of all loaders.
+        num_workers: DataLoader worker processes.
+        seed: Seed of anything random in loading (splits of user data, procedural sounds).
+    """
+
+    #: Short dataset name, used for default output folders such as ``experts/<name>/``.
+    name: str = "audio"
+    #: Class names, index = label.
+    classes: list[str]
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        duration: float = 1.0,
+        features: FeatureConfig | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if sample_rate <= 0 or duration <= 0:
+            raise ValueError(f"sample_rate and duration must be positive, got {sample_rate}, {duration}")
+        self.sample_rate = sample_rate
+        self.duration = duration
+        self.feature_config = features or FeatureConfig()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.features: AudioFeatures = self.feature_config.build(sample_rate)
+        self.splits: dict[str, WaveformSet] = {}
+
+    # ----------------------------------------------------------------------------------------- shape
+    @property
+    def num_samples(self) -> int:
+        """Clip length in samples."""
+        return int(round(self.sample_rate * self.duration))
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """Shape ``(C, F, T)`` of the features of one clip."""
+        return self.features.output_shape(self.num_samples)
+
+    # --------------------------------------------------------------------------------------- loading
+    def load_splits(self) -> dict[str, WaveformSet]:
+        """Return the ``train``, ``val`` and ``test`` splits (subclasses implement this)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the splits once and fit the feature normalisation on the training split."""
+        if not self.splits:
+            splits = self.load_splits()
+            missing = [s for s in SPLITS if s not in splits]
+            if missing:
+                raise ValueError(f"{type(self).__name__}.load_splits() returned no {missing} split")
+            self.splits = splits
+        if not bool(self.features.fitted):
+            train = self.splits["train"]
+            batches = (
+                torch.from_numpy(np.asarray(train.waves[i : i + 256], dtype=np.float32))
+                for i in range(0, len(train), 256)
+            )
+            self.features.fit_normalization(batches, total=math.ceil(len(train) / 256))
+
+    def dataset(self, split: str) -> WaveformDataset:
+        """Waveform dataset of ``split`` (``setup()`` must have run)."""
+        if split not in self.splits:
+            raise RuntimeError(f"split {split!r} is not loaded; call setup() first")
+        return WaveformDataset(self.splits[split])
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    # -------------------------------------------------------------------------------------- features
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Turn the waveform batch into normalised features on the batch's device."""
+        waves, labels = batch
+        self.features.to(waves.device)
+        with torch.no_grad():
+            return self.features(waves), labels
+
+    @torch.no_grad()
+    def split_features(
+        self, split: str, device: torch.device | str = "cpu", batch_size: int = 256
+    ) -> tuple[Tensor, Tensor]:
+        """Normalised features ``[N, C, F, T]`` and labels ``[N]`` of a whole split, on ``device``."""
+        data = self.splits[split] if split in self.splits else None
+        if data is None:
+            raise RuntimeError(f"split {split!r} is not loaded; call setup() first")
+        self.features.to(device)
+        chunks = [
+            self.features(torch.from_numpy(np.asarray(data.waves[i : i + batch_size], np.float32)).to(device))
+            for i in range(0, len(data), batch_size)
+        ]
+        return torch.cat(chunks), torch.as_tensor(np.asarray(data.labels), dtype=torch.long, device=device)
+
+    # ------------------------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """The fitted normalisation statistics travel with checkpoints."""
+        return {"features": self.features.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.features.load_state_dict(state_dict["features"])
+
+    def fingerprint(self) -> str:
+        """Short hash identifying the exact data (subclasses with files hash their file lists)."""
+        digest = hashlib.sha1(repr((self.name, self.classes, self.sample_rate, self.duration)).encode())
+        for split in SPLITS:
+            if split in self.splits:
+                digest.update(np.ascontiguousarray(self.splits[split].labels).tobytes())
+        return digest.hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata for manifests: dataset, classes, audio and feature configuration."""
+        return {
+            "dataset": self.name,
+            "classes": list(self.classes),
+            "sample_rate": self.sample_rate,
+            "duration": self.duration,
+            "features": self.features.config(),
+            "feature_shape": list(self.feature_shape),
+            "fingerprint": self.fingerprint(),
+        }
