@@ -16,12 +16,15 @@ from nnAudio.features import MelSpectrogram
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ddlight.features.griffin_lim import griffin_lim
+from ddlight.features.inversion import mel_to_linear
+
 
 class AudioFeatures(nn.Module):
     """Log-mel based feature extractor with stored normalisation statistics.
 
-    Subclasses implement :meth:`extract` (waveform → raw features) and :attr:`channels` /
-    :attr:`bins`. The STFT uses ``pad_mode="constant"`` and a periodic Hann window, which is what
+    Subclasses implement :meth:`extract` (waveform → raw features), :meth:`features_to_log_mel` (its
+    inverse as far as it goes, for :meth:`invert`) and :attr:`channels` / :attr:`bins`. The STFT uses ``pad_mode="constant"`` and a periodic Hann window, which is what
     librosa (>= 0.10) does, so values agree with ``librosa.feature.melspectrogram``.
 
     Args:
@@ -161,3 +164,71 @@ class AudioFeatures(nn.Module):
         self.mean.copy_(mean.float())
         self.std.copy_(var.sqrt().clamp_min(1e-5).float())
         self.fitted.fill_(True)
+
+    def features_to_log_mel(self, features: Tensor) -> Tensor:
+        """dB log-mel ``[B, n_mels, T]`` of raw (unnormalised) features ``[B, C, F, T]``."""
+        raise NotImplementedError
+
+    def log_mel_to_audio(
+        self,
+        log_mel: Tensor,
+        n_iter: int = 32,
+        length: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Waveforms ``[B, length]`` of dB log-mel spectrograms ``[B, n_mels, T]``.
+
+        dB → mel power → linear power (non-negative least squares against the nnAudio filter bank)
+        → magnitude → Griffin-Lim with random initial phase.
+        """
+        mel_power = torch.pow(10.0, log_mel / 10.0)
+        power = mel_to_linear(mel_power, self.melspec.mel_basis, method="nnls")
+        return griffin_lim(
+            power.sqrt(), self.n_fft, self.hop_length, n_iter, length=length, generator=generator
+        )
+
+    def check_features(self, features: Tensor) -> None:
+        """Raise ``ValueError`` unless ``features`` is a finite ``[B, channels, bins, T]`` batch."""
+        expected = f"[B, {self.channels}, {self.bins}, T]"
+        if features.dim() != 4 or tuple(features.shape[1:3]) != (self.channels, self.bins):
+            raise ValueError(
+                f"{type(self).__name__} expects features {expected}, got {list(features.shape)}"
+            )
+        if not torch.isfinite(features).all():
+            raise ValueError("features contain NaN or inf values; refusing to synthesise audio")
+
+    @torch.no_grad()
+    def invert(
+        self,
+        features: Tensor,
+        n_iter: int = 32,
+        normalized: bool = True,
+        length: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Waveforms ``[B, length]`` whose features approximate ``features`` ``[B, C, F, T]``.
+
+        Runs on the device of this module. The level of the result is only as good as the features:
+        the ``top_db`` floor is kept as it is (content below it is lost), and the normalisation is
+        undone with the stored statistics only when ``normalized`` — treat the loudness of the
+        output as arbitrary and rescale it for listening.
+
+        Args:
+            features: Feature batch ``[B, channels, bins, T]``, e.g. a distilled synthetic set.
+            n_iter: Griffin-Lim iterations.
+            normalized: Whether ``features`` are normalised (the output of :meth:`forward`) rather
+                than raw (the output of :meth:`extract`).
+            length: Output length in samples (``None``: ``(T-1) * hop_length``).
+            generator: Random generator for Griffin-Lim's initial phase.
+
+        Raises:
+            ValueError: If the shape does not match this front end, the features are not finite,
+                or they decode to non-finite audio (absurdly large values).
+        """
+        self.check_features(features)
+        features = features.to(self.mean.device, torch.float32)
+        raw = self.denormalize(features) if normalized else features
+        waveform = self.log_mel_to_audio(self.features_to_log_mel(raw), n_iter, length, generator)
+        if not torch.isfinite(waveform).all():
+            raise ValueError("features decode to non-finite audio (log-mel values too large?)")
+        return waveform

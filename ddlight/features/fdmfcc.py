@@ -34,6 +34,11 @@ def delta(x: Tensor, width: int = 9) -> Tensor:
 class FDMFCC(MFCC):
     """MFCC with first- and second-order deltas stacked as channels: ``[B, 3, n_mfcc, T]``.
 
+    :meth:`invert` rebuilds audio from the static MFCC channel 0 alone and ignores the delta
+    channels: for features computed from audio they are a fixed linear function of channel 0 and add
+    no information, and for distilled features there is no ground truth that says whether the static
+    channel or the deltas should win where they disagree.
+
     Args:
         delta_width: Window of the delta regression (odd).
         **see** :class:`~ddlight.features.mel.MFCC` for the other arguments.

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ddlight.features.base import AudioFeatures
+from ddlight.features.inversion import idct
 
 
 def dct_matrix(n_mels: int, n_coeffs: int) -> Tensor:
@@ -27,6 +28,9 @@ class LogMel(AudioFeatures):
 
     def extract(self, waveform: Tensor) -> Tensor:
         return self.log_mel(waveform).unsqueeze(1)
+
+    def features_to_log_mel(self, features: Tensor) -> Tensor:
+        return features[:, 0]
 
 
 class MFCC(AudioFeatures):
@@ -71,3 +75,10 @@ class MFCC(AudioFeatures):
 
     def extract(self, waveform: Tensor) -> Tensor:
         return self.mfcc(waveform).unsqueeze(1)
+
+    def features_to_log_mel(self, features: Tensor) -> Tensor:
+        """dB log-mel of the static MFCC channel 0 (inverse DCT; truncated coefficients are zero).
+
+        Further channels (the deltas of :class:`~ddlight.features.fdmfcc.FDMFCC`) are not used.
+        """
+        return idct(features[:, 0], self.dct)

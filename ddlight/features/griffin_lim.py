@@ -1,0 +1,106 @@
+"""Batched fast Griffin-Lim phase reconstruction in plain torch.
+
+Why our own: ``torchaudio`` is not a dependency (its wheel does not load against the torch we pin) and
+nnAudio's ``Griffin_Lim`` fails on current torch. This version is small, batched over clips and runs
+on whatever device the magnitudes are on.
+
+The STFT conventions are librosa's (and those of :class:`~ddlight.features.base.AudioFeatures`):
+periodic Hann window of length ``n_fft``, centred frames, zero (``"constant"``) padding, so a
+waveform of ``L`` samples gives ``L // hop_length + 1`` frames.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+
+def _window(n_fft: int, like: Tensor) -> Tensor:
+    return torch.hann_window(n_fft, periodic=True, dtype=like.real.dtype, device=like.device)
+
+
+def stft(waveform: Tensor, n_fft: int, hop_length: int) -> Tensor:
+    """Complex STFT ``[B, n_fft//2+1, L//hop_length+1]`` of ``[B, L]`` with librosa's conventions."""
+    return torch.stft(
+        waveform,
+        n_fft,
+        hop_length=hop_length,
+        window=_window(n_fft, waveform),
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    )
+
+
+def istft(spectrum: Tensor, n_fft: int, hop_length: int, length: int | None = None) -> Tensor:
+    """Inverse of :func:`stft` (weighted overlap-add); ``length`` defaults to ``(T-1)*hop_length``."""
+    return torch.istft(
+        spectrum,
+        n_fft,
+        hop_length=hop_length,
+        window=_window(n_fft, spectrum),
+        center=True,
+        length=length,
+    )
+
+
+def griffin_lim(
+    magnitude: Tensor,
+    n_fft: int,
+    hop_length: int,
+    n_iter: int = 32,
+    momentum: float = 0.99,
+    length: int | None = None,
+    init: Literal["random", "zeros"] = "random",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Waveforms whose STFT magnitude approximates ``magnitude`` (fast Griffin-Lim).
+
+    Fast Griffin-Lim (Perraudin, Balazs and Søndergaard, 2013) with the update rule of
+    ``librosa.griffinlim``: each iteration projects the current spectrum onto the consistent
+    spectrograms (``stft(istft(.))``), subtracts ``momentum / (1 + momentum)`` times the previous
+    projection, and keeps the phase of the result with the target magnitude. ``momentum=0`` is the
+    classic Griffin-Lim algorithm.
+
+    Args:
+        magnitude: Non-negative STFT magnitudes ``[B, n_fft//2+1, T]``.
+        n_fft: FFT size of the STFT that ``magnitude`` belongs to.
+        hop_length: Hop between frames in samples.
+        n_iter: Number of iterations.
+        momentum: Momentum of the fast variant, in ``[0, 1)`` for guaranteed stability.
+        length: Output length in samples (``None``: ``(T-1) * hop_length``).
+        init: Initial phase: uniformly ``"random"`` or all ``"zeros"``.
+        generator: Random generator for the ``"random"`` initial phase (reproducibility).
+
+    Returns:
+        Waveforms ``[B, length]``.
+
+    Raises:
+        ValueError: If the shape does not fit ``n_fft`` or an argument is out of range.
+    """
+    if magnitude.dim() != 3 or magnitude.shape[1] != n_fft // 2 + 1:
+        raise ValueError(
+            f"expected magnitude [B, {n_fft // 2 + 1}, T] for n_fft={n_fft}, "
+            f"got {list(magnitude.shape)}"
+        )
+    if n_iter < 0 or momentum < 0:
+        raise ValueError(f"n_iter and momentum must be non-negative, got {n_iter}, {momentum}")
+    if init == "random":
+        device = magnitude.device if generator is None else generator.device
+        phase = torch.rand(magnitude.shape, generator=generator, device=device, dtype=magnitude.dtype)
+        spectrum = torch.polar(magnitude, 2 * math.pi * phase.to(magnitude.device))
+    elif init == "zeros":
+        spectrum = torch.complex(magnitude, torch.zeros_like(magnitude))
+    else:
+        raise ValueError(f"init must be 'random' or 'zeros', got {init!r}")
+    tiny = torch.finfo(magnitude.dtype).tiny
+    previous: Tensor | None = None
+    for _ in range(n_iter):
+        rebuilt = stft(istft(spectrum, n_fft, hop_length), n_fft, hop_length)
+        update = rebuilt if previous is None else rebuilt - (momentum / (1 + momentum)) * previous
+        spectrum = magnitude * update / (update.abs() + tiny)
+        previous = rebuilt
+    return istft(spectrum, n_fft, hop_length, length)
