@@ -119,7 +119,8 @@ def esc50_root(tmp_path: Path) -> Path:
             name = f"{fold}-{1000 + target}-A-{target}.wav"
             write_wav(root / "audio" / name, freq=250 + 30 * target, sample_rate=44100)
             rows.append([name, fold, target, category, target != 2, f"{1000 + target}.ogg", "A"])
-    write_csv(root / "meta" / "esc50.csv", ["filename", "fold", "target", "category", "esc10", "src_file", "take"], rows)
+    header = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
+    write_csv(root / "meta" / "esc50.csv", header, rows)
     return root
 
 
