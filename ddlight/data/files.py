@@ -1,0 +1,340 @@
+"""DataModules over audio files on disk: listing, decoding once, and a memory-mapped cache.
+
+A :class:`FileAudioDataModule` subclass only says *which* files make up each split
+(:meth:`~FileAudioDataModule.file_lists`) and what its on-disk layout looks like
+(:meth:`~FileAudioDataModule._check_root`). This module does the rest: every file is decoded once (a
+thread pool, a progress bar), resampled and cut to the clip length, and each split is stored as one
+float32 ``.npy`` array in a cache folder, keyed by a hash of the file list (paths, sizes, modification
+times, labels), the sample rate and the clip length. Later runs memory-map that array and decode
+nothing; change any key part and the split is rebuilt. Cache files are written to a temporary name and
+renamed into place, so an error never leaves a half-written cache behind.
+
+Shared helpers for the dataset modules live here too: :func:`read_csv` (metadata with required
+columns), :func:`fold_splits` / :func:`check_disjoint` (predefined folds, never reshuffled) and
+:func:`atomic_path`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from itertools import combinations
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ddlight.data.audio_io import AudioDecodeError, load_audio
+from ddlight.data.base import SPLITS, AudioDataModule, WaveformSet
+from ddlight.data.download import DownloadInfo, download_and_extract
+from ddlight.features import FeatureConfig
+
+#: ``(path, label)`` pairs of one split.
+FileList = list[tuple[Path, int]]
+
+_DECODE_THREADS = min(8, os.cpu_count() or 1)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    On any error the temporary file is deleted and ``path`` is left untouched.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of a metadata CSV, after checking that it exists and has the required columns.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: A required column is missing.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"metadata file {path} not found")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path} lacks the columns {missing}; expected at least {list(columns)}")
+        return list(reader)
+
+
+def check_disjoint(groups: dict[str, set[Any]], what: str = "folds") -> None:
+    """Raise if any two groups (e.g. the folds of train, val and test) share a member.
+
+    Raises:
+        ValueError: Naming the shared members and the two groups.
+    """
+    for (a, members_a), (b, members_b) in combinations(groups.items(), 2):
+        shared = members_a & members_b
+        if shared:
+            raise ValueError(f"{what} {sorted(shared)[:10]} are in both {a} and {b}; splits must not overlap")
+
+
+def fold_splits(folds: Iterable[int], test_fold: int, val_fold: int) -> dict[str, set[int]]:
+    """Assign predefined folds to splits: one test fold, one validation fold, the rest for training.
+
+    Raises:
+        ValueError: A fold does not exist, or ``val_fold`` equals ``test_fold``.
+    """
+    folds = set(folds)
+    for arg, fold in (("test_fold", test_fold), ("val_fold", val_fold)):
+        if fold not in folds:
+            raise ValueError(f"{arg}={fold} is not a fold of this dataset; choose from {sorted(folds)}")
+    if test_fold == val_fold:
+        raise ValueError(f"val_fold and test_fold must differ, both are {test_fold}")
+    splits = {"train": folds - {test_fold, val_fold}, "val": {val_fold}, "test": {test_fold}}
+    check_disjoint(splits)
+    return splits
+
+
+def folded_rows(
+    metadata: Path, columns: Sequence[str], classes: Sequence[str], folds: dict[str, set[int]]
+) -> Iterator[tuple[dict[str, str], str, int]]:
+    """Rows of a metadata CSV with predefined folds, each with its split and label.
+
+    Args:
+        metadata: CSV file.
+        columns: Names of the file, fold, label and class-name columns, in that order.
+        classes: Class names, index = label; each row's class name must match its label.
+        folds: Split name → folds, as returned by :func:`fold_splits`.
+
+    Raises:
+        ValueError: A row has a fold outside ``folds`` or a label that does not name its class.
+    """
+    file_col, fold_col, label_col, class_col = columns
+    split_of = {fold: split for split, members in folds.items() for fold in members}
+    for row in read_csv(metadata, columns):
+        fold, label = int(row[fold_col]), int(row[label_col])
+        if fold not in split_of or not 0 <= label < len(classes) or classes[label] != row[class_col]:
+            raise ValueError(
+                f"{metadata}: unexpected row {row[file_col]} (fold {fold}, label {label}, class "
+                f"{row[class_col]!r}); expected folds {sorted(split_of)} and classes {list(enumerate(classes))}"
+            )
+        yield row, split_of[fold], label
+
+
+def _truncate_npy(path: Path, rows: int) -> None:
+    """Rewrite the ``.npy`` array at ``path`` keeping only its first ``rows`` rows."""
+    source = np.load(path, mmap_mode="r")
+    with atomic_path(path) as tmp:
+        target = np.lib.format.open_memmap(tmp, mode="w+", dtype=source.dtype, shape=(rows, *source.shape[1:]))
+        for start in range(0, rows, 1024):
+            target[start : start + 1024] = source[start : min(rows, start + 1024)]
+        target.flush()
+        del target
+    del source
+
+
+# ------------------------------------------------------------------------------------ DataModule
+class FileAudioDataModule(AudioDataModule):
+    """Base of the DataModules that read audio files from ``root``, with a decode-once cache.
+
+    Subclasses set :attr:`classes` in ``__init__`` and implement :meth:`file_lists` and
+    :meth:`_check_root`; those that synthesise extra clips (Speech Commands' silence) override
+    :meth:`generated_clips` and :meth:`generated_key`.
+
+    Args:
+        root: Dataset folder.
+        sample_rate: Target sampling rate in Hz; every clip is resampled to it.
+        duration: Clip length in seconds; clips are cropped from the start or zero-padded.
+        features: Feature front end applied on the device.
+        batch_size: Batch size of all loaders.
+        num_workers: DataLoader worker processes.
+        seed: Seed of anything random in loading.
+        cache_dir: Folder of the decoded-split cache (default ``<root>/.ddlight_cache``).
+        skip_bad_files: Skip (with a warning naming each) files that are missing or cannot be decoded,
+            instead of stopping with an error.
+        download: Download and unpack the dataset into ``root`` in ``prepare_data()`` if it is not there.
+    """
+
+    #: Official archive of the dataset (``None``: cannot be downloaded).
+    DOWNLOAD_INFO: ClassVar[DownloadInfo | None] = None
+
+    def __init__(
+        self,
+        root: str,
+        sample_rate: int = 16000,
+        duration: float = 1.0,
+        features: FeatureConfig | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        skip_bad_files: bool = False,
+        download: bool = False,
+    ) -> None:
+        super().__init__(sample_rate, duration, features, batch_size, num_workers, seed)
+        self.root = Path(root).expanduser()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.root / ".ddlight_cache"
+        self.skip_bad_files = skip_bad_files
+        self.download = download
+        self._file_lists: dict[str, FileList] | None = None
+
+    # ------------------------------------------------------------------------------ subclass hooks
+    def file_lists(self) -> dict[str, FileList]:
+        """``(path, label)`` pairs of each split (``train``, ``val``, ``test``)."""
+        raise NotImplementedError
+
+    def _check_root(self) -> None:
+        """Raise :class:`FileNotFoundError` naming the expected layout if ``root`` does not hold it."""
+        raise NotImplementedError
+
+    def generated_clips(self, split: str, labels: np.ndarray) -> WaveformSet | None:
+        """Clips synthesised rather than read, appended to ``split`` (none by default).
+
+        Args:
+            split: Split name.
+            labels: Labels of the split's files (as listed, before any is skipped).
+        """
+        return None
+
+    def generated_key(self, split: str) -> Any:
+        """JSON-able description of :meth:`generated_clips` for the cache key (``None``: none)."""
+        return None
+
+    # ------------------------------------------------------------------------------------- loading
+    def prepare_data(self) -> None:
+        """Download and unpack the dataset if ``download`` is set and ``root`` does not hold it yet."""
+        if not self.download:
+            return
+        try:
+            self._check_root()
+            return
+        except FileNotFoundError:
+            pass
+        if self.DOWNLOAD_INFO is None:
+            raise ValueError(f"{type(self).__name__} has no official download; put the files in {self.root}")
+        download_and_extract(self.DOWNLOAD_INFO, self.root)
+        self._check_root()
+
+    def _lists(self) -> dict[str, FileList]:
+        """The file lists, checked, sorted by path and computed once."""
+        if self._file_lists is None:
+            self._check_root()
+            lists = self.file_lists()
+            self._file_lists = {split: sorted(lists.get(split, [])) for split in SPLITS}
+        return self._file_lists
+
+    def load_splits(self) -> dict[str, WaveformSet]:
+        return {split: self._load_split(split, files) for split, files in self._lists().items()}
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+    def _existing(self, files: FileList) -> tuple[FileList, list[tuple[str, int, int, int]]]:
+        """Files that exist, with ``(path, size, mtime_ns, label)`` entries for the cache key.
+
+        A missing file is an error, or skipped with a warning under ``skip_bad_files``.
+        """
+        kept, entries = [], []
+        for path, label in files:
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                error = AudioDecodeError(path, "file not found (listed in the dataset's metadata)")
+                if not self.skip_bad_files:
+                    raise error from None
+                warnings.warn(f"skipping {path}: {error.reason}", stacklevel=3)
+                continue
+            kept.append((path, label))
+            entries.append((self._relative(path), stat.st_size, stat.st_mtime_ns, label))
+        return kept, entries
+
+    def _cache_path(self, split: str, entries: list[tuple[str, int, int, int]]) -> Path:
+        key = {
+            "files": entries,
+            "sample_rate": self.sample_rate,
+            "num_samples": self.num_samples,
+            "generated": self.generated_key(split),
+        }
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return self.cache_dir / f"{self.name}_{split}_{digest}.npy"
+
+    def _load_split(self, split: str, files: FileList) -> WaveformSet:
+        """One split from the cache, decoding and caching it first if needed."""
+        files, entries = self._existing(files)
+        waves_path = self._cache_path(split, entries)
+        labels_path = waves_path.with_suffix(".labels.npy")
+        if not (waves_path.is_file() and labels_path.is_file()):
+            self._build_cache(split, files, waves_path, labels_path)
+        return WaveformSet(np.load(waves_path, mmap_mode="r"), np.load(labels_path))
+
+    def _decoded(self, split: str, files: FileList) -> Iterator[tuple[np.ndarray, int]]:
+        """Decoded ``(waveform, label)`` pairs in order, skipping (and warning about) bad files if asked."""
+
+        def decode(path: Path) -> np.ndarray | AudioDecodeError:
+            try:
+                return load_audio(path, self.sample_rate, self.num_samples)
+            except AudioDecodeError as error:
+                if not self.skip_bad_files:
+                    raise
+                return error
+
+        pool = ThreadPoolExecutor(_DECODE_THREADS)
+        try:
+            results = pool.map(decode, [path for path, _ in files])
+            bar = tqdm(results, total=len(files), desc=f"decode {self.name} {split}", unit="clip")
+            for (path, label), result in zip(files, bar):
+                if isinstance(result, AudioDecodeError):
+                    warnings.warn(f"skipping {path}: {result.reason}", stacklevel=2)
+                    continue
+                yield result, label
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _build_cache(self, split: str, files: FileList, waves_path: Path, labels_path: Path) -> None:
+        """Decode ``files`` (then append generated clips) into ``waves_path``/``labels_path``, atomically."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        extra = self.generated_clips(split, np.array([label for _, label in files], dtype=np.int64))
+        num_extra = 0 if extra is None else len(extra)
+        rows = len(files) + num_extra
+        labels: list[int] = []
+        with atomic_path(waves_path) as tmp:
+            waves = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, self.num_samples))
+            for wave, label in self._decoded(split, files):
+                waves[len(labels)] = wave
+                labels.append(label)
+            if extra is not None:
+                waves[len(labels) : len(labels) + num_extra] = extra.waves
+                labels.extend(int(label) for label in extra.labels)
+            waves.flush()
+            del waves
+            if len(labels) < rows:
+                _truncate_npy(tmp, len(labels))
+            with atomic_path(labels_path) as tmp_labels, tmp_labels.open("wb") as f:
+                np.save(f, np.asarray(labels, dtype=np.int64))
+
+    # ---------------------------------------------------------------------------------- identity
+    def fingerprint(self) -> str:
+        """Short hash of the dataset, classes, audio settings and every split's file list and labels."""
+        payload = {
+            "dataset": self.name,
+            "classes": list(self.classes),
+            "sample_rate": self.sample_rate,
+            "duration": self.duration,
+            "files": {s: [(self._relative(p), y) for p, y in files] for s, files in self._lists().items()},
+            "generated": {s: self.generated_key(s) for s in SPLITS},
+        }
+        return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
