@@ -1,1 +1,5 @@
-"""ddlight.callbacks."""
+"""Lightning callbacks of ddlight (their YAML specs live in the top-level ``callbacks/`` folder)."""
+
+from ddlight.callbacks.trajectory import TrajectoryRecorder
+
+__all__ = ["TrajectoryRecorder"]

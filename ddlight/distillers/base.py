@@ -1,0 +1,195 @@
+"""Distiller: a LightningModule whose trainable state *is* the synthetic (distilled) dataset.
+
+Subclasses (MTT, RFAD, ...) implement :meth:`Distiller.training_step` with manual optimisation. The
+base owns the synthetic features ``[num_classes * ipc, C, F, T]`` (normalised feature space of the
+DataModule), their labels (hard, or learnable soft labels), initialisation from real samples, and the
+export of the distilled set as ``distilled/synset.safetensors`` + ``distilled/manifest.json`` in the run
+directory — a real artefact that :class:`~ddlight.data.synset.SynsetDataModule` trains on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddlight.io import MANIFEST, load_json, load_tensors, save_json, save_tensors
+
+SYNSET_FILE = "synset.safetensors"
+
+
+@dataclass
+class Synset:
+    """A distilled set loaded from disk.
+
+    Attributes:
+        features: Synthetic features ``[N, C, F, T]`` in the normalised feature space.
+        targets: Hard labels ``[N]`` (int64) or soft label distributions ``[N, K]`` (float).
+        mean: Feature normalisation mean ``[C, F, 1]`` of the source data.
+        std: Feature normalisation std ``[C, F, 1]``.
+        manifest: Everything else (classes, feature config, ipc, method, ...).
+    """
+
+    features: Tensor
+    targets: Tensor
+    mean: Tensor
+    std: Tensor
+    manifest: dict[str, Any]
+
+    @property
+    def labels(self) -> Tensor:
+        """Hard labels ``[N]`` (argmax of soft targets)."""
+        return self.targets if self.targets.dim() == 1 else self.targets.argmax(-1)
+
+
+def save_synset(directory: str | Path, synset: Synset) -> Path:
+    """Write ``synset.safetensors`` and ``manifest.json`` into ``directory`` (atomically, each)."""
+    directory = Path(directory)
+    tensors = {"features": synset.features, "targets": synset.targets, "mean": synset.mean, "std": synset.std}
+    save_tensors(directory / SYNSET_FILE, tensors, metadata={"format": "ddlight-synset-1"})
+    save_json(directory / MANIFEST, synset.manifest)
+    return directory
+
+
+def load_synset(directory: str | Path) -> Synset:
+    """Read a distilled set written by :func:`save_synset` (no pickle: safetensors + JSON).
+
+    Raises:
+        FileNotFoundError: If ``directory`` lacks the synset or its manifest.
+        ValueError: If the tensors disagree with the manifest.
+    """
+    directory = Path(directory)
+    for name in (SYNSET_FILE, MANIFEST):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(
+                f"{directory / name} not found: a distilled set folder holds {SYNSET_FILE} and {MANIFEST} "
+                f"(written to <run dir>/distilled/ by every distillation run)"
+            )
+    tensors = load_tensors(directory / SYNSET_FILE)
+    manifest = load_json(directory / MANIFEST)
+    missing = {"features", "targets", "mean", "std"} - set(tensors)
+    if missing:
+        raise ValueError(f"{directory / SYNSET_FILE} lacks tensors {sorted(missing)}")
+    synset = Synset(tensors["features"], tensors["targets"], tensors["mean"], tensors["std"], manifest)
+    expected = tuple(manifest.get("feature_shape", synset.features.shape[1:]))
+    if tuple(synset.features.shape[1:]) != expected or len(synset.features) != len(synset.targets):
+        raise ValueError(
+            f"{directory}: features {tuple(synset.features.shape)} and targets {tuple(synset.targets.shape)} "
+            f"do not match the manifest's feature_shape {expected}"
+        )
+    return synset
+
+
+class Distiller(L.LightningModule):
+    """Base class of dataset distillers: the synthetic set as parameters, its labels and its export.
+
+    Args:
+        in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
+        num_classes: Number of classes (linked from ``data.num_classes``).
+        ipc: Synthetic samples per class.
+        init: ``real`` (random real training samples of each class) or ``noise`` (standard normal).
+        learn_labels: Learn soft labels (logits initialised to ``label_scale`` × one-hot).
+        label_scale: Initial logit of the true class for learnable labels.
+    """
+
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        num_classes: int,
+        ipc: int = 10,
+        init: Literal["real", "noise"] = "real",
+        learn_labels: bool = False,
+        label_scale: float = 5.0,
+    ) -> None:
+        super().__init__()
+        if ipc < 1:
+            raise ValueError(f"ipc must be >= 1, got {ipc}")
+        self.automatic_optimization = False
+        self.in_shape = tuple(in_shape)
+        self.num_classes = num_classes
+        self.ipc = ipc
+        self.init = init
+        self.synthetic = nn.Parameter(torch.randn(num_classes * ipc, *self.in_shape))
+        self.register_buffer("labels", torch.arange(num_classes).repeat_interleave(ipc))
+        self.label_logits = (
+            nn.Parameter(label_scale * F.one_hot(self.labels, num_classes).float()) if learn_labels else None
+        )
+        self.register_buffer("initialized", torch.tensor(False))
+
+    # ------------------------------------------------------------------------------------- the set
+    def targets(self) -> Tensor:
+        """Training targets of the synthetic set: soft label distributions or hard labels."""
+        if self.label_logits is not None:
+            return self.label_logits.softmax(-1)
+        return self.labels
+
+    def soft_cross_entropy(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy against hard labels ``[B]`` or soft distributions ``[B, K]``."""
+        if targets.dim() == 1:
+            return F.cross_entropy(logits, targets)
+        return -(targets * logits.log_softmax(-1)).sum(-1).mean()
+
+    @torch.no_grad()
+    def initialize_from(self, features: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:
+        """Set the synthetic set to ``ipc`` random real samples of each class.
+
+        Raises:
+            ValueError: If a class has fewer than ``ipc`` real samples.
+        """
+        chosen = []
+        for c in range(self.num_classes):
+            idx = (labels == c).nonzero().flatten()
+            if len(idx) < self.ipc:
+                raise ValueError(f"class {c} has {len(idx)} training samples, fewer than ipc={self.ipc}")
+            chosen.append(idx[torch.randperm(len(idx), generator=generator)[: self.ipc].to(idx.device)])
+        self.synthetic.copy_(features[torch.cat(chosen)].to(self.synthetic.device))
+
+    def on_fit_start(self) -> None:
+        """Initialise the synthetic set once (a resumed run keeps its learned set)."""
+        if bool(self.initialized):
+            return
+        if self.init == "real":
+            features, labels = self.trainer.datamodule.split_features("train", device=self.device)
+            generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+            self.initialize_from(features, labels, generator)
+        self.initialized.fill_(True)
+        if self.trainer.world_size > 1:  # every rank starts from rank 0's set
+            self.synthetic.data.copy_(self.trainer.strategy.broadcast(self.synthetic.data, src=0))
+
+    # -------------------------------------------------------------------------------------- export
+    def export_extras(self) -> dict[str, Any]:
+        """Method-specific entries for the manifest (e.g. MTT's learned step size)."""
+        return {}
+
+    def to_synset(self) -> Synset:
+        """The current synthetic set with its labels, normalisation and manifest."""
+        dm = self.trainer.datamodule
+        targets = self.targets().detach()
+        manifest = {
+            "format": "ddlight-synset-1",
+            "method": type(self).__name__.lower(),
+            "ipc": self.ipc,
+            "num_classes": self.num_classes,
+            "soft_labels": targets.dim() == 2,
+            "step": int(self.global_step),
+            **dm.describe(),
+            "feature_shape": list(self.in_shape),
+            "hyperparameters": {k: v for k, v in self.hparams.items() if isinstance(v, (int, float, str, bool, list, type(None)))},
+            **self.export_extras(),
+        }
+        return Synset(self.synthetic.detach(), targets, dm.features.mean, dm.features.std, manifest)
+
+    def export(self, directory: str | Path | None = None) -> Path:
+        """Write the distilled set (default: ``<run dir>/distilled``) and return the folder."""
+        directory = Path(directory or Path(self.trainer.log_dir or ".") / "distilled")
+        return save_synset(directory, self.to_synset())
+
+    def on_train_end(self) -> None:
+        if self.trainer.is_global_zero:
+            path = self.export()
+            print(f"distilled set written to {path}")

@@ -1,0 +1,103 @@
+"""Safe file writing and the on-disk formats shared across ddlight (trajectories, tensors, JSON).
+
+Everything is written to a temporary file in the destination folder and renamed into place, so an
+interrupted run never leaves a half-written file where a complete one is expected. Tensors are stored
+as safetensors (no pickle, safe to load from untrusted sources).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+MANIFEST = "manifest.json"
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` and rename the result to ``path`` atomically.
+
+    Args:
+        path: Final destination; its parent folders are created.
+        write: Function that writes the complete file to the temporary path it is given.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def load_json(path: str | Path) -> Any:
+    """Read a JSON file, naming the file in the error if it is not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete or regenerate it") from err
+
+
+def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Write a dict of tensors as safetensors, atomically (tensors are made contiguous on the CPU)."""
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
+
+
+def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Read a safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return load_file(str(path), device=str(device))
+
+
+def load_trajectories(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], list[dict[str, Tensor]]]:
+    """Load the expert trajectories written by :class:`~ddlight.callbacks.TrajectoryRecorder`.
+
+    Args:
+        directory: Folder holding ``manifest.json`` and ``expert_*.safetensors``.
+        device: Where to put the tensors.
+
+    Returns:
+        The manifest and, per expert, a dict ``parameter name -> [epochs + 1, *shape]``.
+
+    Raises:
+        FileNotFoundError: If the folder or its manifest is missing, with the command that creates it.
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(
+            f"no expert trajectories in {directory} (missing {MANIFEST}). Record them first with "
+            f"`ddlight fit --config configs/expert_<dataset>.yaml` (it writes experts/<dataset>/), "
+            f"or point expert_dir at the folder that holds them."
+        )
+    manifest = load_json(manifest_path)
+    experts = [load_tensors(directory / e["file"], device) for e in manifest["experts"]]
+    if not experts:
+        raise FileNotFoundError(f"{manifest_path} lists no experts; record some with the expert config")
+    return manifest, experts
