@@ -12,6 +12,7 @@ waveform of ``L`` samples gives ``L // hop_length + 1`` frames.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -45,6 +46,41 @@ def istft(spectrum: Tensor, n_fft: int, hop_length: int, length: int | None = No
         center=True,
         length=length,
     )
+
+
+def overlap_add(frames: Tensor, hop_length: int) -> Tensor:
+    """Sum of frames ``[B, T, N]`` placed ``hop_length`` apart: ``[B, (T-1)*hop_length + N]``."""
+    batch, count, size = frames.shape
+    shifts = -(-size // hop_length)  # frames overlapping any one sample
+    out = frames.new_zeros(batch, count + shifts - 1, hop_length)
+    for shift in range(shifts):
+        chunk = frames[..., shift * hop_length : (shift + 1) * hop_length]
+        out[:, shift : shift + count, : chunk.shape[-1]] += chunk
+    return out.flatten(1)[:, : (count - 1) * hop_length + size]
+
+
+def consistency_projection(
+    n_fft: int, hop_length: int, frames: int, like: Tensor
+) -> Callable[[Tensor], Tensor]:
+    """``stft(istft(.))`` on frame-major spectra ``[B, T, n_fft//2+1]``, fused for Griffin-Lim.
+
+    ``istft`` divides the overlap-added frames by the window envelope and trims ``n_fft//2`` samples
+    per side, and ``stft`` pads them back with zeros: one precomputed gain (inverse envelope inside,
+    zero at the edges) does both, with no padding, trimming or envelope recomputation per call.
+    """
+    window = _window(n_fft, like)
+    envelope = overlap_add(window.square().expand(1, frames, n_fft), hop_length)[0]
+    inner = slice(n_fft // 2, envelope.numel() - n_fft // 2)
+    if envelope[inner].min() < 1e-11:
+        raise ValueError(f"hop_length={hop_length} leaves gaps between windows of n_fft={n_fft}")
+    gain = torch.zeros_like(envelope)
+    gain[inner] = envelope[inner].reciprocal()
+
+    def project(spectrum: Tensor) -> Tensor:
+        signal = overlap_add(torch.fft.irfft(spectrum, n=n_fft) * window, hop_length) * gain
+        return torch.fft.rfft(signal.unfold(-1, n_fft, hop_length) * window)
+
+    return project
 
 
 def griffin_lim(
@@ -88,6 +124,8 @@ def griffin_lim(
         )
     if n_iter < 0 or momentum < 0:
         raise ValueError(f"n_iter and momentum must be non-negative, got {n_iter}, {momentum}")
+    # iterate on frame-major [B, T, F] spectra: the FFTs then run over contiguous memory
+    magnitude = magnitude.transpose(1, 2).contiguous()
     if init == "random":
         device = magnitude.device if generator is None else generator.device
         phase = torch.rand(magnitude.shape, generator=generator, device=device, dtype=magnitude.dtype)
@@ -96,11 +134,16 @@ def griffin_lim(
         spectrum = torch.complex(magnitude, torch.zeros_like(magnitude))
     else:
         raise ValueError(f"init must be 'random' or 'zeros', got {init!r}")
+    project = consistency_projection(n_fft, hop_length, magnitude.shape[1], magnitude)
     tiny = torch.finfo(magnitude.dtype).tiny
+    decay = momentum / (1 + momentum)
     previous: Tensor | None = None
     for _ in range(n_iter):
-        rebuilt = stft(istft(spectrum, n_fft, hop_length), n_fft, hop_length)
-        update = rebuilt if previous is None else rebuilt - (momentum / (1 + momentum)) * previous
-        spectrum = magnitude * update / (update.abs() + tiny)
+        rebuilt = project(spectrum)
+        update = rebuilt if previous is None else torch.add(rebuilt, previous, alpha=-decay)
+        # keep the phase, impose the magnitude; on (re, im) pairs, as complex abs/div/mul are slow
+        parts = torch.view_as_real(update)
+        gain = magnitude * torch.rsqrt(parts[..., 0].square() + parts[..., 1].square() + tiny)
+        spectrum = torch.view_as_complex(parts * gain.unsqueeze(-1))
         previous = rebuilt
-    return istft(spectrum, n_fft, hop_length, length)
+    return istft(spectrum.transpose(1, 2), n_fft, hop_length, length)

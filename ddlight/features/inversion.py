@@ -30,7 +30,7 @@ def idct(coefficients: Tensor, dct_basis: Tensor) -> Tensor:
     return dct_basis.to(coefficients).transpose(0, 1) @ coefficients
 
 
-def nnls(basis: Tensor, target: Tensor, n_iter: int = 100) -> Tensor:
+def nnls(basis: Tensor, target: Tensor, n_iter: int = 50) -> Tensor:
     """Batched non-negative least squares ``argmin_{X >= 0} ||basis @ X - target||_F``.
 
     Accelerated projected gradient (FISTA with step ``1 / ||basis||_2^2``) started from the clipped
@@ -66,7 +66,7 @@ def mel_to_linear(
     mel_power: Tensor,
     mel_basis: Tensor,
     method: Literal["nnls", "pinv"] = "nnls",
-    n_iter: int = 100,
+    n_iter: int = 50,
 ) -> Tensor:
     """Linear-frequency power spectrogram whose mel projection approximates ``mel_power``.
 
