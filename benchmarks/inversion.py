@@ -31,7 +31,7 @@ SAMPLE_RATE = 16000
 
 
 def make_clips(num: int, seconds: float, seed: int) -> np.ndarray:
-    """Harmonic sounds ``[num, samples]``: random pitch, glide, partial weights and decay, plus noise."""
+    """Harmonic sounds ``[num, samples]``: random pitch, glide, partials and decay, plus noise."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     clips = np.empty((num, t.size), dtype=np.float32)
@@ -39,7 +39,8 @@ def make_clips(num: int, seconds: float, seed: int) -> np.ndarray:
         f0, glide, decay = rng.uniform(100, 500), rng.uniform(-0.3, 0.3), rng.uniform(0.5, 4)
         phase = 2 * np.pi * f0 * (t + 0.5 * glide * t**2)
         weights = rng.uniform(0.2, 1.0, 10) / np.arange(1, 11)
-        tone = sum(w * np.sin(k * phase) for k, w in enumerate(weights, start=1)) * np.exp(-decay * t)
+        tone = sum(w * np.sin(k * phase) for k, w in enumerate(weights, start=1))
+        tone = tone * np.exp(-decay * t)
         clip = tone + rng.uniform(0.01, 0.1) * rng.standard_normal(t.size)
         clips[i] = 0.5 * clip / np.abs(clip).max()
     return clips

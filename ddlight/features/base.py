@@ -24,8 +24,9 @@ class AudioFeatures(nn.Module):
     """Log-mel based feature extractor with stored normalisation statistics.
 
     Subclasses implement :meth:`extract` (waveform → raw features), :meth:`features_to_log_mel` (its
-    inverse as far as it goes, for :meth:`invert`) and :attr:`channels` / :attr:`bins`. The STFT uses ``pad_mode="constant"`` and a periodic Hann window, which is what
-    librosa (>= 0.10) does, so values agree with ``librosa.feature.melspectrogram``.
+    inverse as far as it goes, for :meth:`invert`) and :attr:`channels` / :attr:`bins`. The STFT
+    uses ``pad_mode="constant"`` and a periodic Hann window, which is what librosa (>= 0.10) does,
+    so values agree with ``librosa.feature.melspectrogram``.
 
     Args:
         sample_rate: Sampling rate of the input waveforms in Hz.

@@ -128,8 +128,8 @@ def griffin_lim(
     magnitude = magnitude.transpose(1, 2).contiguous()
     if init == "random":
         device = magnitude.device if generator is None else generator.device
-        phase = torch.rand(magnitude.shape, generator=generator, device=device, dtype=magnitude.dtype)
-        spectrum = torch.polar(magnitude, 2 * math.pi * phase.to(magnitude.device))
+        phase = torch.rand(magnitude.shape, generator=generator, device=device)
+        spectrum = torch.polar(magnitude, 2 * math.pi * phase.to(magnitude))
     elif init == "zeros":
         spectrum = torch.complex(magnitude, torch.zeros_like(magnitude))
     else:

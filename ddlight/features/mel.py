@@ -79,6 +79,7 @@ class MFCC(AudioFeatures):
     def features_to_log_mel(self, features: Tensor) -> Tensor:
         """dB log-mel of the static MFCC channel 0 (inverse DCT; truncated coefficients are zero).
 
-        Further channels (the deltas of :class:`~ddlight.features.fdmfcc.FDMFCC`) are not used.
+        Only channel 0 is read; :class:`~ddlight.features.fdmfcc.FDMFCC` first folds its delta
+        channels into it.
         """
         return idct(features[:, 0], self.dct)

@@ -9,7 +9,7 @@ import scipy.fft
 import torch
 
 from ddlight.features import FDMFCC, MFCC, AudioFeatures, LogMel, dct_matrix
-from ddlight.features.griffin_lim import griffin_lim, stft
+from ddlight.features.griffin_lim import consistency_projection, griffin_lim, istft, stft
 from ddlight.features.inversion import idct, mel_to_linear, nnls, spectral_convergence
 
 SAMPLE_RATE = 16000  # the front ends' default, as in conftest.harmonic_clips
@@ -59,6 +59,17 @@ def test_griffin_lim_length_and_errors() -> None:
         griffin_lim(target[:, :-1], N_FFT, HOP)
     with pytest.raises(ValueError, match="init"):
         griffin_lim(target, N_FFT, HOP, init="ones")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("n_fft", "hop"), [(512, 160), (255, 64), (64, 32)])
+def test_consistency_projection_is_stft_of_istft(n_fft: int, hop: int) -> None:
+    spectrum = torch.randn(2, n_fft // 2 + 1, 13, dtype=torch.complex64)
+    project = consistency_projection(n_fft, hop, 13, spectrum.real)
+    expected = stft(istft(spectrum, n_fft, hop), n_fft, hop)
+    torch.testing.assert_close(project(spectrum.transpose(1, 2)).transpose(1, 2), expected,
+                               atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="gaps between windows"):
+        consistency_projection(n_fft, n_fft + 1, 13, spectrum.real)
 
 
 def test_idct_inverts_orthonormal_dct() -> None:
@@ -121,9 +132,25 @@ def test_invert_normalised_features(cls: type[AudioFeatures], clips: np.ndarray)
     assert float(spectral_convergence(magnitude(waves), magnitude(rebuilt)).max()) < 0.8
 
 
+def test_fdmfcc_static_from_deltas(clips: np.ndarray) -> None:
+    front = FDMFCC()
+    waves = torch.from_numpy(clips)
+    front.fit_normalization([waves])
+    clean = front.extract(waves)
+    torch.testing.assert_close(front.static_from_deltas(clean), clean[:, 0], atol=1e-3, rtol=1e-4)
+    noise = 0.3 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    noisy = front.denormalize(front.normalize(clean) + noise)
+    error = (front.static_from_deltas(noisy) - clean[:, 0]).norm()
+    assert error < 0.8 * (noisy[:, 0] - clean[:, 0]).norm()
+
+
 @pytest.mark.parametrize(
     ("shape", "got"),
-    [((2, 1, 20, 9), r"\[2, 1, 20, 9\]"), ((2, 3, 40, 9), r"\[2, 3, 40, 9\]"), ((3, 20, 9), r"\[3, 20, 9\]")],
+    [
+        ((2, 1, 20, 9), r"\[2, 1, 20, 9\]"),
+        ((2, 3, 40, 9), r"\[2, 3, 40, 9\]"),
+        ((3, 20, 9), r"\[3, 20, 9\]"),
+    ],
 )
 def test_invert_rejects_wrong_shape(shape: tuple[int, ...], got: str) -> None:
     with pytest.raises(ValueError, match=r"FDMFCC expects features \[B, 3, 20, T\], got " + got):
