@@ -30,9 +30,9 @@ class DDLightCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
 
 
-def main(args: ArgsType = None) -> DDLightCLI:
+def main(args: ArgsType = None) -> None:
     """Entry point of the ``ddlight`` command (``args`` lets tests call it in-process)."""
-    return DDLightCLI(
+    DDLightCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,

@@ -126,7 +126,7 @@ class AudioDataModule(L.LightningDataModule):
         if not bool(self.features.fitted):
             train = self.splits["train"]
             batches = (
-                torch.from_numpy(np.asarray(train.waves[i : i + 256], dtype=np.float32))
+                torch.from_numpy(np.array(train.waves[i : i + 256], dtype=np.float32))
                 for i in range(0, len(train), 256)
             )
             self.features.fit_normalization(batches, total=math.ceil(len(train) / 256))
@@ -168,12 +168,12 @@ class AudioDataModule(L.LightningDataModule):
         self, split: str, device: torch.device | str = "cpu", batch_size: int = 256
     ) -> tuple[Tensor, Tensor]:
         """Normalised features ``[N, C, F, T]`` and labels ``[N]`` of a whole split, on ``device``."""
-        data = self.splits[split] if split in self.splits else None
-        if data is None:
+        if split not in self.splits:
             raise RuntimeError(f"split {split!r} is not loaded; call setup() first")
+        data = self.splits[split]
         self.features.to(device)
         chunks = [
-            self.features(torch.from_numpy(np.asarray(data.waves[i : i + batch_size], np.float32)).to(device))
+            self.features(torch.from_numpy(np.array(data.waves[i : i + batch_size], np.float32)).to(device))
             for i in range(0, len(data), batch_size)
         ]
         return torch.cat(chunks), torch.as_tensor(np.asarray(data.labels), dtype=torch.long, device=device)

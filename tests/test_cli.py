@@ -1,0 +1,94 @@
+"""The ddlight command: help, config printing and every expert config end to end (fast_dev_run)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ddlight.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+#: Overrides that keep a file-based dataset config tiny.
+SMALL_AUDIO = [
+    "--data.init_args.sample_rate=8000",
+    "--data.init_args.duration=0.5",
+    "--data.init_args.batch_size=4",
+    "--data.init_args.features.n_fft=256",
+    "--data.init_args.features.hop_length=128",
+    "--data.init_args.features.n_mels=20",
+    "--data.init_args.features.n_mfcc=10",
+]
+SMALL_SYNTHETIC = [
+    "--data.init_args.train_per_class=4",
+    "--data.init_args.val_per_class=2",
+    "--data.init_args.test_per_class=2",
+    "--data.init_args.duration=0.5",
+]
+
+
+def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "fit" in out and "test" in out
+
+
+def test_fit_help_documents_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    assert "--test_after_fit" in capsys.readouterr().out
+
+
+def test_module_entry_point_is_the_same_command() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "ddlight", "--help"], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "fit" in out.stdout
+
+
+def test_print_config_resolves_data_config(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "expert_us8k.yaml"), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["data"]["class_path"] == "ddlight.data.urbansound8k.UrbanSound8K"
+    assert config["model"]["class_path"] == "ddlight.tasks.Classifier"
+
+
+def _run_expert(config: str, extra: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    experts = tmp_path / "experts"
+    main(
+        ["fit", "--config", str(CONFIGS / config), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+         "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+         f"--trainer.callbacks.init_args.dirpath={experts}", "--model.init_args.num_models=2",
+         "--model.init_args.network_options.width=8", *extra]
+    )
+    return experts
+
+
+def test_expert_synthetic_records_trajectories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    experts = _run_expert("expert_synthetic.yaml", SMALL_SYNTHETIC, tmp_path, monkeypatch)
+    manifest = yaml.safe_load((experts / "manifest.json").read_text())
+    assert [e["file"] for e in manifest["experts"]] == ["expert_000.safetensors", "expert_001.safetensors"]
+    assert manifest["data"]["dataset"] == "synthetic"
+    assert all("test_accuracy" in e for e in manifest["experts"])
+
+
+@pytest.mark.parametrize(
+    ("config", "fixture"),
+    [("expert_gsc.yaml", "gsc_root"), ("expert_us8k.yaml", "us8k_root"), ("expert_esc50.yaml", "esc50_root")],
+)
+def test_expert_configs_on_official_layouts(
+    config: str, fixture: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = request.getfixturevalue(fixture)
+    experts = _run_expert(config, [f"--data.init_args.root={root}", *SMALL_AUDIO], tmp_path, monkeypatch)
+    manifest = yaml.safe_load((experts / "manifest.json").read_text())
+    assert manifest["in_shape"] == [3, 10, 0.5 * 8000 // 128 + 1]
+    assert len(manifest["experts"]) == 2

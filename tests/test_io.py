@@ -1,0 +1,36 @@
+"""Atomic writes and the safetensors helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddlight.io import atomic_write, load_json, load_tensors, save_json, save_tensors
+
+
+def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = save_json(tmp_path / "a.json", {"v": 1})
+
+    def broken(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(target, broken)
+    assert load_json(target) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_tensor_round_trip(tmp_path: Path) -> None:
+    tensors = {"x": torch.randn(3, 4), "y": torch.arange(3)}
+    loaded = load_tensors(save_tensors(tmp_path / "t.safetensors", tensors))
+    assert set(loaded) == {"x", "y"}
+    torch.testing.assert_close(loaded["x"], tensors["x"])
+
+
+def test_invalid_json_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="bad.json"):
+        load_json(tmp_path / "bad.json")
