@@ -6,7 +6,7 @@ reports clips per second, the speed-up and the mean spectral convergence of the 
 (linear STFT magnitude against the original clip's). The result replaces the ``Feature inversion``
 section of ``BENCHMARKS.md``.
 
-    python benchmarks/inversion.py --clips 64 --n-iter 32 --device cpu
+    python -m benchmarks.inversion --clips 64 --n-iter 32 --device cpu
 """
 
 from __future__ import annotations
