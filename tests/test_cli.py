@@ -92,3 +92,19 @@ def test_expert_configs_on_official_layouts(
     manifest = yaml.safe_load((experts / "manifest.json").read_text())
     assert manifest["in_shape"] == [3, 10, 0.5 * 8000 // 128 + 1]
     assert len(manifest["experts"]) == 2
+
+
+def test_wandb_logger_works_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B with no account and no network: an offline run folder to sync later."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    _run_expert(
+        "expert_synthetic.yaml",
+        [*SMALL_SYNTHETIC, f"--trainer.logger={CONFIGS / 'logger' / 'wandb.yaml'}",
+         "--trainer.logger.init_args.save_dir=runs"],
+        tmp_path,
+        monkeypatch,
+    )
+    runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb"))
