@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from ddlight.data.base import SPLITS
-from ddlight.data.files import FileAudioDataModule, FileList, atomic_path
+from ddlight.data.files import FileAudioDataModule, FileList
 from ddlight.features import FeatureConfig
+from ddlight.io import atomic_path
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 SPLIT_FILE = "ddlight_split.json"

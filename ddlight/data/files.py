@@ -10,8 +10,7 @@ nothing; change any key part and the split is rebuilt. Cache files are written t
 renamed into place, so an error never leaves a half-written cache behind.
 
 Shared helpers for the dataset modules live here too: :func:`read_csv` (metadata with required
-columns), :func:`fold_splits` / :func:`check_disjoint` (predefined folds, never reshuffled) and
-:func:`atomic_path`.
+columns) and :func:`fold_splits` / :func:`check_disjoint` (predefined folds, never reshuffled).
 """
 
 from __future__ import annotations
@@ -20,11 +19,9 @@ import csv
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from itertools import combinations
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,6 +33,7 @@ from ddlight.data.audio_io import AudioDecodeError, load_audio
 from ddlight.data.base import SPLITS, AudioDataModule, WaveformSet
 from ddlight.data.download import DownloadInfo, download_and_extract
 from ddlight.features import FeatureConfig
+from ddlight.io import atomic_path
 
 #: ``(path, label)`` pairs of one split.
 FileList = list[tuple[Path, int]]
@@ -44,22 +42,6 @@ _DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 
 # ------------------------------------------------------------------------------------------ helpers
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
-
-    On any error the temporary file is deleted and ``path`` is left untouched.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     """Rows of a metadata CSV, after checking that it exists and has the required columns.
 
