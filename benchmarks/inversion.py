@@ -12,9 +12,6 @@ section of ``BENCHMARKS.md``.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,11 +20,12 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from benchmarks.report import BENCHMARKS, machine, write_section
 from ddlight.features import MFCC
 from ddlight.features.griffin_lim import stft
 from ddlight.features.inversion import spectral_convergence
 
-START, END = "<!-- inversion:start -->", "<!-- inversion:end -->"
+SECTION = "inversion"  # BENCHMARKS.md markers <!-- inversion:start --> ... <!-- inversion:end -->
 SAMPLE_RATE = 16000
 
 
@@ -101,36 +99,6 @@ def run_librosa(front: MFCC, mfcc: np.ndarray, n_iter: int) -> tuple[np.ndarray,
     return np.stack(waves), time.perf_counter() - start
 
 
-def machine(device: torch.device) -> str:
-    """One line describing the CPU (and GPU if used) and the library versions."""
-    cpu = platform.processor() or "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    parts = [f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-             f"({torch.get_num_threads()} threads), librosa {librosa.__version__}"]
-    if device.type == "cuda":
-        parts.append(f"GPU {torch.cuda.get_device_name(device)}")
-    return "; ".join(parts)
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the delimited section of ``path``, atomically."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=64, help="number of clips")
@@ -140,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch and for numpy's BLAS/OpenMP pools alike")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parents[1] / "BENCHMARKS.md")
+    parser.add_argument("--output", type=Path, default=BENCHMARKS)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -178,9 +146,9 @@ limited to the same number of CPU threads.
 |---|---|---|---|---|
 {table}
 
-Speed-up: **{theirs_s / ours_s:.1f}×**. Machine: {machine(device)}.
+Speed-up: **{theirs_s / ours_s:.1f}×**. Machine: {machine(device)}, librosa {librosa.__version__}.
 """
-    write_section(args.output, section)
+    write_section(SECTION, section, args.output)
     print(section)
 
 
