@@ -1,1 +1,34 @@
-"""ddlight.evaluation."""
+"""Evaluation: train fresh networks on a labelled set (synthetic or a real subset), test on real data.
+
+Plain functions over tensors; they know no dataset and no distiller (see DESIGN.md, "Evaluation
+protocol"). :func:`evaluate_synset` runs the whole protocol, :func:`write_report` writes
+``evaluation.json``/``.md``; ``python -m ddlight.evaluation --help`` runs it on a saved distilled set.
+"""
+
+from ddlight.evaluation.coresets import embed, herding, kcenter, random_subset
+from ddlight.evaluation.protocol import accuracy, evaluate, fit_network, soft_cross_entropy, summarize, train_and_test
+from ddlight.evaluation.report import REPORT_JSON, REPORT_MD, build_report, markdown_table, write_report
+from ddlight.evaluation.suite import BASELINES, baseline_indices, embedding_network, evaluate_synset, expert_network
+
+__all__ = [
+    "BASELINES",
+    "REPORT_JSON",
+    "REPORT_MD",
+    "accuracy",
+    "baseline_indices",
+    "build_report",
+    "embed",
+    "embedding_network",
+    "evaluate",
+    "evaluate_synset",
+    "expert_network",
+    "fit_network",
+    "herding",
+    "kcenter",
+    "markdown_table",
+    "random_subset",
+    "soft_cross_entropy",
+    "summarize",
+    "train_and_test",
+    "write_report",
+]

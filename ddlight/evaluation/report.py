@@ -1,0 +1,58 @@
+"""``evaluation.json`` and ``evaluation.md``: the report every distillation run writes.
+
+Layout of ``evaluation.json`` (accuracies in percent)::
+
+    {"dataset": "synthetic", "method": "mtt", "ipc": 10, "features": {...},
+     "results": [{"architecture": "convnet",
+                  "synthetic": {"mean": 71.2, "std": 1.3, "runs": [...]},
+                  "random": {...}, "herding": {...}, "kcenter": {...}},
+                 ...]}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ddlight.io import atomic_write, save_json
+
+REPORT_JSON = "evaluation.json"
+REPORT_MD = "evaluation.md"
+#: Column order of the report (only the columns present in the results are shown).
+COLUMNS = ("synthetic", "random", "herding", "kcenter")
+
+
+def build_report(
+    dataset: str, method: str, ipc: int, features: dict[str, Any] | None, results: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The ``evaluation.json`` document (see the module docstring for the layout)."""
+    return {"dataset": dataset, "method": method, "ipc": ipc, "features": features, "results": results}
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """Markdown table: one row per architecture, ``mean ± std`` per column present."""
+    columns = [c for c in COLUMNS if any(c in row for row in report["results"])]
+    lines = [
+        f"Real-test accuracy (%) after training on {report['ipc']} samples per class "
+        f"({report['dataset']}, {report['method']}), mean ± std over repeats.",
+        "",
+        "| architecture | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for row in report["results"]:
+        cells = [f"{row[c]['mean']:.2f} ± {row[c]['std']:.2f}" if c in row else "–" for c in columns]
+        lines.append(f"| {row['architecture']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(directory: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``evaluation.json`` and ``evaluation.md`` into ``directory`` atomically.
+
+    Returns:
+        The paths of the JSON and Markdown files.
+    """
+    directory = Path(directory)
+    json_path = save_json(directory / REPORT_JSON, report)
+    text = markdown_table(report)
+    md_path = atomic_write(directory / REPORT_MD, lambda tmp: tmp.write_text(text))
+    return json_path, md_path

@@ -1,0 +1,141 @@
+"""The whole protocol on one distilled set: synthetic set and coreset baselines, every architecture.
+
+:func:`evaluate_synset` is the single code path behind the :class:`~ddlight.callbacks.SynsetEvaluator`
+callback and ``python -m ddlight.evaluation``: it trains ``repeats`` fresh networks per architecture on
+the synthetic set and on each baseline subset of the real training set (same ``ipc``, same protocol)
+and returns the ``results`` list of ``evaluation.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ddlight.augment import SpecAugment
+from ddlight.evaluation.coresets import embed, herding, kcenter, random_subset
+from ddlight.evaluation.protocol import evaluate, fit_network
+from ddlight.io import load_trajectories
+from ddlight.networks import AudioNetwork, build_network
+
+#: Baselines :func:`evaluate_synset` knows.
+BASELINES = ("random", "herding", "kcenter")
+
+
+def expert_network(expert_dir: str | Path, device: str | torch.device = "cpu") -> AudioNetwork:
+    """The final (last snapshot) parameters of the first expert recorded in ``expert_dir``.
+
+    The network is rebuilt from the trajectory manifest (``network``, ``network_options``,
+    ``in_shape``, ``num_classes``); unrecorded buffers (batch-norm statistics) keep their defaults.
+    """
+    manifest, experts = load_trajectories(expert_dir, device)
+    network = build_network(
+        manifest["network"], manifest["in_shape"], manifest["num_classes"], **(manifest.get("network_options") or {})
+    ).to(device)
+    network.load_state_dict({name: snaps[-1] for name, snaps in experts[0].items()}, strict=False)
+    return network.eval()
+
+
+def embedding_network(
+    train_x: Tensor,
+    train_y: Tensor,
+    num_classes: int,
+    expert_dir: str | Path | None = None,
+    epochs: int = 30,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> AudioNetwork:
+    """The network whose ``embed()`` places real samples for herding and k-center.
+
+    The final expert of ``expert_dir`` when given; otherwise a ConvNet trained for ``epochs`` epochs on
+    the real training features (a quick stand-in for an expert).
+    """
+    if expert_dir is not None:
+        return expert_network(expert_dir, device)
+    return fit_network(train_x, train_y, num_classes, "convnet", {"width": 64}, epochs, seed=seed, device=device)
+
+
+def baseline_indices(
+    name: str, train_y: Tensor, ipc: int, embeddings: Tensor | None, seed: int = 0
+) -> Tensor:
+    """Indices of the ``name`` baseline subset (``ipc`` per class) of the real training set.
+
+    Raises:
+        ValueError: If ``name`` is unknown, or ``embeddings`` is missing for herding / k-center.
+    """
+    if name == "random":
+        return random_subset(train_y, ipc, torch.Generator().manual_seed(seed))
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
+    if embeddings is None:
+        raise ValueError(f"the {name} baseline needs embeddings of the real training set")
+    return (herding if name == "herding" else kcenter)(embeddings, train_y, ipc)
+
+
+def evaluate_synset(
+    synthetic_x: Tensor,
+    synthetic_targets: Tensor,
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    ipc: int,
+    architectures: Sequence[str] = ("convnet",),
+    baselines: Sequence[str] = BASELINES,
+    repeats: int = 5,
+    network_options: Mapping[str, Mapping[str, Any]] | None = None,
+    epochs: int = 300,
+    lr: float = 0.01,
+    batch_size: int = 256,
+    augment: SpecAugment | None = None,
+    expert_dir: str | Path | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> list[dict[str, Any]]:
+    """Evaluate a synthetic set beside coreset baselines of the same size, for every architecture.
+
+    Args:
+        synthetic_x: Synthetic features ``[K * ipc, C, F, T]``.
+        synthetic_targets: Their hard labels ``[N]`` or soft labels ``[N, K]``.
+        train_x: Real training features (the pool of the baselines).
+        train_y: Real training labels.
+        test_x: Real test features.
+        test_y: Real test labels.
+        ipc: Samples per class of every baseline.
+        architectures: Network names.
+        baselines: Any of :data:`BASELINES`.
+        repeats: Fresh networks per architecture and set.
+        network_options: Constructor options per architecture.
+        epochs: Training epochs of every network.
+        lr: Initial learning rate.
+        batch_size: Minibatch size.
+        augment: Training augmentation (the same for every set).
+        expert_dir: Trajectories whose final expert embeds the real data for herding / k-center
+            (default: a quick ConvNet trained on the real training set).
+        seed: Base seed (subset choice, initialisations, batch order).
+        device: Where to train.
+
+    Returns:
+        The ``results`` list of ``evaluation.json``: per architecture, ``{"architecture", "synthetic",
+        <baseline>...}`` with ``{"mean", "std", "runs"}`` each.
+    """
+    common = {
+        "architectures": architectures, "repeats": repeats, "network_options": network_options, "epochs": epochs,
+        "lr": lr, "batch_size": batch_size, "augment": augment, "seed": seed, "device": device,
+    }
+    sets = {"synthetic": (synthetic_x, synthetic_targets)}
+    embeddings = None
+    if {"herding", "kcenter"} & set(baselines):
+        num_classes = int(max(train_y.max(), test_y.max())) + 1
+        network = embedding_network(train_x, train_y, num_classes, expert_dir, seed=seed, device=device)
+        embeddings = embed(network, train_x)
+    for name in baselines:
+        idx = baseline_indices(name, train_y, ipc, embeddings, seed).to(train_x.device)
+        sets[name] = (train_x[idx], train_y[idx])
+    per_set = {
+        name: evaluate(x, targets, test_x, test_y, description=name, **common) for name, (x, targets) in sets.items()
+    }
+    return [{"architecture": arch, **{name: per_set[name][arch] for name in sets}} for arch in architectures]
