@@ -179,14 +179,19 @@ class AudioFeatures(nn.Module):
     ) -> Tensor:
         """Waveforms ``[B, length]`` of dB log-mel spectrograms ``[B, n_mels, T]``.
 
+        :meth:`log_mel_to_magnitude`, then Griffin-Lim with random initial phase.
+        """
+        magnitude = self.log_mel_to_magnitude(log_mel)
+        return griffin_lim(magnitude, self.n_fft, self.hop_length, n_iter, length=length, generator=generator)
+
+    def log_mel_to_magnitude(self, log_mel: Tensor) -> Tensor:
+        """Linear STFT magnitude ``[B, n_fft//2+1, T]`` implied by dB log-mel ``[B, n_mels, T]``.
+
         dB → mel power → linear power (non-negative least squares against the nnAudio filter bank)
-        → magnitude → Griffin-Lim with random initial phase.
+        → square root: the magnitude that Griffin-Lim in :meth:`log_mel_to_audio` is asked to match.
         """
         mel_power = torch.pow(10.0, log_mel / 10.0)
-        power = mel_to_linear(mel_power, self.melspec.mel_basis, method="nnls")
-        return griffin_lim(
-            power.sqrt(), self.n_fft, self.hop_length, n_iter, length=length, generator=generator
-        )
+        return mel_to_linear(mel_power, self.melspec.mel_basis, method="nnls").sqrt()
 
     def check_features(self, features: Tensor) -> None:
         """Raise ``ValueError`` unless ``features`` is a finite ``[B, channels, bins, T]`` batch."""
