@@ -1,0 +1,187 @@
+"""RFAD: kernel ridge regression, losses, learnable state, random networks, DDP gradients, CLI run."""
+
+from __future__ import annotations
+
+import math
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from ddlight.cli import main
+from ddlight.distillers.base import load_synset, save_synset
+from ddlight.distillers.rfad import (
+    RFAD,
+    average_across_ranks,
+    kernel_ridge_solve,
+    random_features,
+    sample_random_convnets,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SHAPE = (2, 8, 8)
+
+
+def tiny(**options: object) -> RFAD:
+    """A small RFAD (3 classes, 2 per class, 2 narrow random networks) with a seeded set."""
+    torch.manual_seed(0)
+    return RFAD(SHAPE, 3, ipc=2, num_models=2, width=8, num_eval_models=2, **options)
+
+
+def real_batch(n: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(n, *SHAPE, generator=generator), torch.arange(n) % 3
+
+
+def test_kernel_ridge_matches_closed_form_of_linear_features() -> None:
+    generator = torch.Generator().manual_seed(0)
+    phi_s, phi_t = torch.randn(5, 7, generator=generator), torch.randn(4, 7, generator=generator)
+    y_s = torch.randn(5, 3, generator=generator)
+    k_ss = phi_s @ phi_s.T
+    ridge = 0.1
+    alpha = kernel_ridge_solve(k_ss, y_s, ridge)
+    assert alpha.dtype == torch.float64
+    lam = ridge * torch.trace(k_ss).double() / 5  # ridge scaled by the mean eigenvalue
+    expected = phi_t.double() @ torch.linalg.inv(phi_s.double().T @ phi_s.double() + lam * torch.eye(7, dtype=torch.float64)) @ phi_s.double().T @ y_s.double()
+    torch.testing.assert_close((phi_t.double() @ phi_s.double().T) @ alpha, expected)
+    # scale invariance: the ridge follows the kernel's trace, so scaling K leaves predictions unchanged
+    torch.testing.assert_close(kernel_ridge_solve(100 * k_ss, y_s, ridge) * 100, alpha)
+
+
+def test_kernel_ridge_survives_a_singular_kernel() -> None:
+    phi = torch.ones(4, 1)  # rank-one kernel, no ridge: Cholesky fails, the jitter fallback solves it
+    alpha = kernel_ridge_solve(phi @ phi.T, torch.eye(4), ridge=0.0)
+    assert torch.isfinite(alpha).all()
+
+
+def test_random_networks_differ_per_step_and_repeat_per_seed() -> None:
+    model = tiny()
+    x, _ = real_batch(4)
+    first, again, other = (random_features(x, model.networks_for_step(s)) for s in (0, 0, 1))
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first, other)
+    assert not any(p.requires_grad for net in model.networks_for_step(0) for p in net.parameters())
+    # no normalisation layers, He-Gaussian conv weights
+    (net,) = sample_random_convnets(SHAPE, 1, width=64, depth=2, seed=3)
+    assert not any(isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)) for m in net)
+    conv = [m for m in net if isinstance(m, nn.Conv2d)][1]
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.05)
+    # features are scaled by 1/sqrt(M*D)
+    phi = random_features(x, model.networks_for_step(0))
+    raw = torch.cat([n(x).flatten(1) for n in model.networks_for_step(0)], 1)
+    torch.testing.assert_close(phi, raw / math.sqrt(raw.shape[1]))
+
+
+def test_gradient_reaches_the_set_and_platt_temperature_is_learnable() -> None:
+    model = tiny(loss="ce", lr_temperature=0.5)
+    x, y = real_batch()
+    loss, _, grads = model.gradients(x, y, step=0)
+    assert [p is q for p, q in zip(model.trainable(), [model.synthetic, model.log_temperature])] == [True, True]
+    assert grads[0].shape == model.synthetic.shape and grads[0].abs().sum() > 0
+    assert grads[1].abs() > 0
+    optimizer = model.configure_optimizers()
+    before = model.synthetic.detach().clone()
+    for step in range(4):  # a large temperature lr drives tau far; it stays positive
+        _, _, grads = model.gradients(x, y, step)
+        for p, g in zip(model.trainable(), grads):
+            p.grad = g.to(p.dtype)
+        optimizer.step()
+    assert not torch.equal(before, model.synthetic)
+    assert model.temperature.item() > 0 and model.temperature.item() != pytest.approx(1.0)
+    assert loss.dtype == torch.float64
+
+
+def test_mse_loss_regresses_centred_one_hot() -> None:
+    model = tiny(loss="mse")
+    assert all(p is not model.log_temperature for p in model.trainable())
+    preds = F.one_hot(torch.tensor([0, 2]), 3).double() - 1 / 3
+    assert model.loss_fn(preds, torch.tensor([0, 2])).item() == 0.0
+    assert model.loss_fn(torch.zeros(2, 3, dtype=torch.float64), torch.tensor([0, 2])).item() == pytest.approx(
+        0.5 * (2 * (2 / 3) ** 2 + 4 * (1 / 3) ** 2) / 6
+    )
+
+
+def test_learnable_labels_start_centred_and_change() -> None:
+    model = tiny(learn_labels=True, lr_labels=0.1)
+    torch.testing.assert_close(model.regression_targets(), F.one_hot(model.labels, 3).float() - 1 / 3)
+    optimizer = model.configure_optimizers()
+    before = model.label_logits.detach().clone()
+    x, y = real_batch()
+    _, _, grads = model.gradients(x, y, step=0)
+    for p, g in zip(model.trainable(), grads):
+        p.grad = g.to(p.dtype)
+    optimizer.step()
+    assert not torch.equal(before, model.label_logits)
+    assert model.targets().shape == (6, 3)  # exported as soft labels
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=30)
+    )
+    try:
+        torch.set_num_threads(1)
+        model = tiny(learn_labels=True)
+        x, y = real_batch()
+        shard = slice(rank * 6, (rank + 1) * 6)
+        _, _, grads = model.gradients(x[shard], y[shard], step=5)
+        if rank == 0:
+            torch.save(grads, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_averaged_gradient_equals_union_batch_gradient(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "grads.pt"
+    context = mp.start_processes(_ddp_worker, args=(port, str(out)), nprocs=2, join=False, start_method="spawn")
+    while not context.join(timeout=60):
+        pass
+    model = tiny(learn_labels=True)
+    x, y = real_batch()
+    _, _, expected = model.gradients(x, y, step=5)
+    distributed = torch.load(out)
+    assert len(distributed) == len(expected) == 3
+    for got, want in zip(distributed, expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert average_across_ranks(expected)[0] is expected[0]  # single process: identity
+
+
+def test_export_round_trip(tmp_path: Path) -> None:
+    from ddlight.distillers.base import Synset
+
+    model = tiny(learn_labels=True)
+    extras = model.export_extras()["rfad"]
+    assert extras["temperature"] == pytest.approx(1.0) and extras["num_models"] == 2 and extras["width"] == 8
+    synset = Synset(model.synthetic.detach(), model.targets().detach(), torch.zeros(2, 8, 1), torch.ones(2, 8, 1),
+                    {"feature_shape": list(SHAPE), "method": "rfad", **model.export_extras()})
+    loaded = load_synset(save_synset(tmp_path, synset))
+    torch.testing.assert_close(loaded.features, model.synthetic.detach())
+    torch.testing.assert_close(loaded.targets, model.targets().detach())
+    assert loaded.manifest["rfad"]["depth"] == 3
+
+
+def test_cli_fit_writes_distilled_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    main([
+        "fit", "--config", str(CONFIGS / "rfad_synthetic.yaml"), "--trainer.max_steps=2",
+        "--trainer.val_check_interval=1", "--trainer.log_every_n_steps=1","--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+        "--trainer.logger.init_args.save_dir=runs", "--data.init_args.train_per_class=8",
+        "--data.init_args.val_per_class=2", "--data.init_args.test_per_class=2", "--data.init_args.duration=0.5",
+        "--data.init_args.batch_size=16", "--model.init_args.ipc=2", "--model.init_args.width=8",
+        "--model.init_args.num_models=2", "--model.init_args.num_eval_models=2",
+    ])
+    (manifest,) = tmp_path.glob("runs/**/distilled/manifest.json")
+    synset = load_synset(manifest.parent)
+    assert synset.features.shape[0] == 2 * len(synset.manifest["classes"])
+    assert synset.manifest["method"] == "rfad" and synset.manifest["step"] == 2
+    metrics = (manifest.parent.parent / "metrics.csv").read_text()
+    assert "val/acc" in metrics and "train/temperature" in metrics
