@@ -1,6 +1,7 @@
 """Lightning callbacks of ddlight (their YAML specs live in the top-level ``callbacks/`` folder)."""
 
 from ddlight.callbacks.audio_reconstruction import AudioReconstruction
+from ddlight.callbacks.synset_evaluator import SynsetEvaluator
 from ddlight.callbacks.trajectory import TrajectoryRecorder
 
-__all__ = ["AudioReconstruction", "TrajectoryRecorder"]
+__all__ = ["AudioReconstruction", "SynsetEvaluator", "TrajectoryRecorder"]

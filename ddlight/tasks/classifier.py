@@ -66,9 +66,10 @@ class Classifier(L.LightningModule):
         return torch.stack([net(x) for net in self.networks])
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        x, y = batch
+        x, targets = batch  # targets: labels [B], or soft label distributions [B, K] (distilled sets)
         logits = self(x)
-        losses = torch.stack([F.cross_entropy(out, y) for out in logits])
+        losses = torch.stack([F.cross_entropy(out, targets) for out in logits])
+        y = targets.argmax(-1) if targets.dim() == 2 else targets
         for k, out in enumerate(logits):
             metric = self.metrics[f"{stage}_{k}"]
             metric(out, y)

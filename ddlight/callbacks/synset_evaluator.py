@@ -1,0 +1,164 @@
+"""SynsetEvaluator: run the evaluation protocol on a distiller's synthetic set and write the report."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from torch import Tensor
+
+from ddlight.augment import SpecAugment
+from ddlight.evaluation import BASELINES, build_report, evaluate_synset, markdown_table, write_report
+
+
+class SynsetEvaluator(Callback):
+    """Train fresh networks on the distilled set and on same-size real baselines; test on real data.
+
+    At the end of training (and every ``every_n_steps`` optimisation steps if set) it takes the set
+    from ``pl_module.to_synset()`` (a :class:`~ddlight.distillers.Distiller`), the real train/test
+    features from ``trainer.datamodule.split_features``, runs
+    :func:`~ddlight.evaluation.evaluate_synset` (synthetic + ``baselines``, ``repeats`` networks per
+    architecture, last-epoch accuracy), logs ``eval/<arch>_acc`` (and ``eval/<arch>_<baseline>_acc``) to
+    the trainer's loggers, and at the end writes ``evaluation.json``/``evaluation.md`` into
+    ``trainer.log_dir`` and prints the table and paths (at ``on_fit_end``, after the distiller's export). With a :class:`WandbLogger` it also logs a
+    results table and an image grid of the synthetic features per class. Runs on rank 0 only.
+
+    Args:
+        architectures: Networks to evaluate (names of :data:`ddlight.networks.NETWORKS`).
+        repeats: Fresh networks per architecture and set.
+        epochs: Training epochs of each network.
+        lr: Initial SGD learning rate (×0.1 at half the epochs).
+        batch_size: Minibatch size.
+        baselines: Real-subset baselines (any of ``random``, ``herding``, ``kcenter``).
+        every_n_steps: Also evaluate (synthetic set only, no files) every N global steps.
+        augment: Train the networks with :class:`~ddlight.augment.SpecAugment` (default settings).
+        network_options: Constructor options per architecture, e.g. ``{"convnet": {"width": 64}}``.
+        expert_dir: Expert trajectories whose final expert embeds real data for herding / k-center
+            (default: a quick ConvNet trained on the real training features).
+        seed: Base seed of the protocol.
+    """
+
+    def __init__(
+        self,
+        architectures: list[str] | None = None,
+        repeats: int = 5,
+        epochs: int = 300,
+        lr: float = 0.01,
+        batch_size: int = 256,
+        baselines: list[str] | None = None,
+        every_n_steps: int | None = None,
+        augment: bool = True,
+        network_options: dict[str, dict[str, Any]] | None = None,
+        expert_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        baselines = list(BASELINES) if baselines is None else list(baselines)
+        unknown = sorted(set(baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(f"unknown baselines {unknown}; valid: {', '.join(BASELINES)}")
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1 or None, got {every_n_steps}")
+        self.architectures = list(architectures or ["convnet"])
+        self.repeats = repeats
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.baselines = baselines
+        self.every_n_steps = every_n_steps
+        self.augment = augment
+        self.network_options = network_options
+        self.expert_dir = expert_dir
+        self.seed = seed
+        self.paths: tuple[Path, Path] | None = None
+        self._table = ""
+        self._last_step = -1
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, baselines: list[str]) -> tuple[Any, list]:
+        synset = pl_module.to_synset()
+        device = pl_module.device
+        dm = trainer.datamodule
+        train_x, train_y = dm.split_features("train", device=device)
+        test_x, test_y = dm.split_features("test", device=device)
+        results = evaluate_synset(
+            synset.features, synset.targets, train_x, train_y, test_x, test_y, synset.manifest["ipc"],
+            architectures=self.architectures, baselines=baselines, repeats=self.repeats,
+            network_options=self.network_options, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+            augment=SpecAugment() if self.augment else None, expert_dir=self.expert_dir, seed=self.seed,
+            device=device,
+        )
+        metrics = {}
+        for row in results:
+            for name in ["synthetic", *baselines]:
+                key = f"eval/{row['architecture']}_acc" if name == "synthetic" else f"eval/{row['architecture']}_{name}_acc"
+                metrics[key] = row[name]["mean"]
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        return synset, results
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self.every_n_steps is None or step == self._last_step or step % self.every_n_steps or step == 0:
+            return
+        self._last_step = step
+        if trainer.is_global_zero:
+            self._evaluate(trainer, pl_module, baselines=[])
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        synset, results = self._evaluate(trainer, pl_module, self.baselines)
+        manifest = synset.manifest
+        report = build_report(manifest.get("dataset", "unknown"), manifest.get("method", type(pl_module).__name__.lower()), manifest["ipc"], manifest.get("features"), results)
+        self.paths = write_report(Path(trainer.log_dir or "."), report)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                _log_wandb(logger, report, synset.features, synset.labels, manifest.get("classes"))
+        self._table = markdown_table(report)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Print the table and the report paths after everything else of ``fit`` (the export included)."""
+        if trainer.is_global_zero and self.paths is not None:
+            print(self._table, end="")
+            print(f"evaluation written to {self.paths[0]} and {self.paths[1]}")
+
+
+def feature_grid_png(features: Tensor, labels: Tensor, classes: list[str] | None = None, per_class: int = 4) -> bytes:
+    """PNG of the first channel of up to ``per_class`` synthetic samples per class (rows: classes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = labels.cpu()
+    num_classes = int(labels.max()) + 1
+    fig, axes = plt.subplots(num_classes, per_class, figsize=(1.6 * per_class, 1.2 * num_classes), squeeze=False)
+    for c in range(num_classes):
+        idx = (labels == c).nonzero().flatten()[:per_class]
+        for k, ax in enumerate(axes[c]):
+            ax.set_axis_off()
+            if k < len(idx):
+                ax.imshow(features[idx[k], 0].detach().float().cpu().numpy(), origin="lower", aspect="auto", cmap="magma")
+        axes[c][0].set_title(classes[c] if classes else str(c), fontsize=7, loc="left")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _log_wandb(logger: WandbLogger, report: dict[str, Any], features: Tensor, labels: Tensor, classes: list[str] | None) -> None:
+    """A W&B table of the results and an image of the synthetic features per class."""
+    import wandb
+    from PIL import Image
+
+    columns = [c for c in ("synthetic", *BASELINES) if c in report["results"][0]]
+    rows = [[r["architecture"], *(r[c]["mean"] for c in columns), *(r[c]["std"] for c in columns)] for r in report["results"]]
+    table = wandb.Table(columns=["architecture", *columns, *(f"{c}_std" for c in columns)], data=rows)
+    image = Image.open(io.BytesIO(feature_grid_png(features, labels, classes)))
+    logger.experiment.log({"eval/results": table, "eval/synthetic_features": wandb.Image(image)})

@@ -1,0 +1,63 @@
+"""SynsetEvaluator on a tiny no-op Distiller: writes a valid evaluation.json/.md and logs metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from ddlight.callbacks import SynsetEvaluator
+from ddlight.data.synthetic import SyntheticSounds
+from ddlight.distillers.base import Distiller
+from ddlight.features import FeatureConfig
+
+
+class NoOpDistiller(Distiller):
+    """Keeps its real-initialised set; one optimiser step per batch so global_step advances."""
+
+    def training_step(self, batch, batch_idx):  # noqa: D102
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        optimizer.step()
+
+    def configure_optimizers(self):  # noqa: D102
+        return torch.optim.SGD([self.synthetic], lr=0.0)
+
+
+def test_writes_evaluation_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch.set_num_threads(1)
+    L.seed_everything(0)
+    data = SyntheticSounds(
+        train_per_class=6, val_per_class=1, test_per_class=4, duration=0.25, batch_size=16,
+        features=FeatureConfig(hop_length=512),
+    )
+    model = NoOpDistiller(data.feature_shape, data.num_classes, ipc=2)
+    evaluator = SynsetEvaluator(
+        repeats=2, epochs=2, network_options={"convnet": {"width": 8, "depth": 1}}, every_n_steps=1,
+    )
+    trainer = L.Trainer(
+        max_steps=2, logger=CSVLogger(tmp_path), enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[evaluator], accelerator="cpu", limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=data)
+    report = json.loads((Path(trainer.log_dir) / "evaluation.json").read_text())
+    assert (report["dataset"], report["method"], report["ipc"]) == ("synthetic", "noopdistiller", 2)
+    assert report["features"]["hop_length"] == 512
+    (row,) = report["results"]
+    assert list(row) == ["architecture", "synthetic", "random", "herding", "kcenter"]
+    for name in ("synthetic", "random", "herding", "kcenter"):
+        assert len(row[name]["runs"]) == 2 and 0 <= row[name]["mean"] <= 100
+    assert "| convnet |" in (Path(trainer.log_dir) / "evaluation.md").read_text()
+    last_lines = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert last_lines[0].startswith("| convnet |") and "evaluation.json" in last_lines[1]
+    metrics = (Path(trainer.log_dir) / "metrics.csv").read_text()
+    assert "eval/convnet_acc" in metrics and "eval/convnet_kcenter_acc" in metrics
+
+
+def test_unknown_baseline_is_refused() -> None:
+    with pytest.raises(ValueError, match="coreset"):
+        SynsetEvaluator(baselines=["coreset"])
