@@ -142,6 +142,13 @@ def _measure(front: AudioFeatures, features: Tensor, waves: Tensor) -> tuple[Ten
     return convergence, difference / torch.linalg.vector_norm(features.flatten(1), dim=1), rebuilt
 
 
+def _accuracy(net: torch.nn.Module, features: Tensor, labels: Tensor, batch_size: int = 64) -> float:
+    """Fraction of ``features`` that ``net`` assigns to ``labels`` (in batches, to bound memory)."""
+    batches = zip(features.split(batch_size), labels.split(batch_size))
+    hits = sum(int((net(x).argmax(-1) == y).sum()) for x, y in batches)
+    return hits / len(labels)
+
+
 def _expert_accuracy(
     expert_dir: str | Path, synset: Synset, features: Tensor, rebuilt: Tensor, labels: Tensor
 ) -> dict[str, Any]:
@@ -158,14 +165,14 @@ def _expert_accuracy(
             f"{list(synset.features.shape[1:])} with {len(synset.manifest['classes'])}",
         }
     per_expert = []
-    for params in experts:
+    for entry, params in zip(manifest["experts"], experts):
         net = build_network(manifest["network"], in_shape, num_classes, **manifest["network_options"])
-        names = {n for n, _ in net.named_parameters()}
-        if names - set(params):
-            raise ValueError(f"{expert_dir}: expert lacks parameters {sorted(names - set(params))}")
+        missing = sorted({n for n, _ in net.named_parameters()} - set(params))
+        if missing:
+            return {"dir": str(expert_dir), "skipped": f"{entry['file']} lacks parameters {missing}"}
         net.load_state_dict({n: p[-1] for n, p in params.items()}, strict=False)
         net = net.to(features.device).eval()
-        per_expert.append([float((net(x).argmax(-1) == labels).float().mean()) for x in (features, rebuilt)])
+        per_expert.append([_accuracy(net, x, labels) for x in (features, rebuilt)])
     accuracy = np.mean(per_expert, axis=0)
     return {
         "dir": str(expert_dir),
@@ -177,8 +184,8 @@ def _expert_accuracy(
     }
 
 
-def _grid(path: Path, features: Tensor, labels: Tensor, valid: Tensor, classes: Sequence[str]) -> Path:
-    """PNG of channel 0 of ``features``: one row per class, one column per sample (invalid ones marked)."""
+def _grid(path: Path, features: Tensor, labels: Tensor, finite: Tensor, classes: Sequence[str]) -> Path:
+    """PNG of channel 0 of ``features``: one row per class, one column per sample (non-finite ones marked)."""
     rows = [(labels == c).nonzero().flatten().tolist() for c in range(len(classes))]
     cols = max(1, max(len(r) for r in rows))
     fig = Figure(figsize=(1.6 * cols + 1.2, 1.3 * len(classes) + 0.4), layout="constrained")
@@ -190,7 +197,7 @@ def _grid(path: Path, features: Tensor, labels: Tensor, valid: Tensor, classes: 
             ax.set_yticks([])
             if k >= len(row):
                 ax.set_axis_off()
-            elif valid[row[k]]:
+            elif finite[row[k]]:
                 ax.imshow(features[row[k], 0].cpu().numpy(), origin="lower", aspect="auto", cmap="magma")
             else:
                 ax.text(0.5, 0.5, "NaN/inf", ha="center", va="center", transform=ax.transAxes, color="red")
@@ -280,7 +287,7 @@ def reconstruct(
     if invalid:
         warnings.warn(f"not written ({len(invalid)} of {len(features)} samples): {invalid}", stacklevel=2)
 
-    grid = _grid(out_dir / GRID, features, labels, valid, classes)
+    grid = _grid(out_dir / GRID, features, labels, finite, classes)
     kept_labels = labels[kept]
     report = {
         "synset": {k: synset.manifest.get(k) for k in ("method", "dataset", "ipc", "step")},

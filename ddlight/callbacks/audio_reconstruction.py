@@ -33,7 +33,7 @@ class AudioReconstruction(Callback):
         every_n_steps: Also reconstruct every this many training batches (``None``: only at the end).
         max_per_class: Rebuild only the first this many samples of each class (``None``: all).
         expert_dir: Expert trajectories for the accuracy check (``None``: the module's own
-            ``expert_dir`` attribute if it has one, e.g. MTT's; else no check).
+            ``expert_dir`` attribute or hyperparameter if it has one, e.g. MTT's; else no check).
         log_media: Log audio and the grid to Weights & Biases when its logger is attached.
     """
 
@@ -58,7 +58,9 @@ class AudioReconstruction(Callback):
         self.log_media = log_media
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, out_dir: Path) -> dict[str, Any]:
-        expert_dir = self.expert_dir or getattr(pl_module, "expert_dir", None)
+        expert_dir = (
+            self.expert_dir or getattr(pl_module, "expert_dir", None) or pl_module.hparams.get("expert_dir")
+        )
         report = reconstruct(pl_module.to_synset(), out_dir, self.n_iter, self.max_per_class, expert_dir)
         print(format_summary(report, out_dir))
         self._log(trainer, report, out_dir)

@@ -67,21 +67,21 @@ def _small(cls: type[AudioFeatures]) -> AudioFeatures:
     return cls(sample_rate=SAMPLE_RATE, n_fft=256, hop_length=64, n_mels=32, n_mfcc=20)
 
 
-def _expert_dir(directory: Path, synset: Synset) -> Path:
-    """A one-expert trajectory folder (TrajectoryRecorder format) whose final network fits ``synset``."""
-    in_shape = list(synset.features.shape[1:])
+def _expert_dir(directory: Path, in_shape: list[int], num_classes: int, fit: Synset | None = None) -> Path:
+    """A one-expert trajectory folder (TrajectoryRecorder format); its final network fits ``fit`` if given."""
     torch.manual_seed(0)
-    net = build_network("mlp", in_shape, len(CLASSES))
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net = build_network("mlp", in_shape, num_classes)
     start = {n: p.detach().clone() for n, p in net.named_parameters()}
-    for _ in range(50):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(net(synset.features), synset.targets).backward()
-        optimizer.step()
+    if fit is not None:
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+        for _ in range(50):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(fit.features), fit.targets).backward()
+            optimizer.step()
     stacked = {n: torch.stack([start[n], p.detach()]) for n, p in net.named_parameters()}
     save_tensors(directory / "expert_000.safetensors", stacked)
     save_json(directory / "manifest.json", {
-        "network": "mlp", "network_options": {}, "in_shape": in_shape, "num_classes": len(CLASSES),
+        "network": "mlp", "network_options": {}, "in_shape": in_shape, "num_classes": num_classes,
         "experts": [{"file": "expert_000.safetensors", "snapshots": 2}],
     })
     return directory
@@ -91,7 +91,7 @@ def _expert_dir(directory: Path, synset: Synset) -> Path:
 def test_command_writes_audio_and_measures(tmp_path: Path, cls: type[AudioFeatures]) -> None:
     synset = _synset(_small(cls))
     save_synset(tmp_path / "distilled", synset)
-    experts = _expert_dir(tmp_path / "experts", synset)
+    experts = _expert_dir(tmp_path / "experts", list(synset.features.shape[1:]), len(CLASSES), fit=synset)
     report = main([str(tmp_path / "distilled"), "--n-iter", "16", "--expert-dir", str(experts)])
 
     for c in CLASSES:
@@ -129,13 +129,15 @@ def test_nan_samples_are_reported_not_written(tmp_path: Path) -> None:
     synset = _synset(_small(MFCC))
     synset.features[1, 0, 3, 5] = float("nan")
     synset.features[2, 0, 0, 0] = float("inf")
+    synset.features[3] = 1e4  # finite, but decodes to infinite power
     save_synset(tmp_path, synset)
     with pytest.warns(UserWarning, match="non-finite"):
         report = main([str(tmp_path), "--n-iter", "4", "--out", str(tmp_path / "out")])
-    assert [(s["index"], s["class"]) for s in report["invalid"]] == [(1, "low"), (2, "high")]
-    assert all("non-finite" in s["reason"] for s in report["invalid"])
-    written = sorted(p.relative_to(tmp_path / "out" / "audio").as_posix() for p in (tmp_path / "out").rglob("*.wav"))
-    assert written == ["high/high_1.wav", "low/low_0.wav"]
+    assert [(s["index"], s["class"]) for s in report["invalid"]] == [(1, "low"), (2, "high"), (3, "high")]
+    reasons = [s["reason"] for s in report["invalid"]]
+    assert reasons[:2] == ["non-finite features (NaN/inf)"] * 2 and "non-finite audio" in reasons[2]
+    written = [p.relative_to(tmp_path / "out" / "audio").as_posix() for p in (tmp_path / "out").rglob("*.wav")]
+    assert written == ["low/low_0.wav"] and [s["file"] for s in report["samples"]] == ["audio/low/low_0.wav"]
     assert np.isfinite(report["feature_relative_error"]["mean"])
 
 
@@ -148,8 +150,25 @@ def test_feature_shape_mismatch_is_an_error(tmp_path: Path, change: dict) -> Non
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_or_mismatched_experts_are_skipped(tmp_path: Path) -> None:
+    synset = _synset(_small(MFCC))
+    missing = reconstruct(synset, tmp_path / "a", n_iter=2, expert_dir=tmp_path / "nowhere")
+    assert "configs/expert_" in missing["expert_accuracy"]["skipped"]
+    other = _expert_dir(tmp_path / "experts", [1, 20, 9], len(CLASSES))
+    mismatched = reconstruct(synset, tmp_path / "b", n_iter=2, expert_dir=other)
+    assert mismatched["expert_accuracy"]["skipped"].startswith("experts take [1, 20, 9] with 2 classes")
+    assert len(mismatched["samples"]) == len(synset.features)  # the audio is written all the same
+
+
 class _Nudge(Distiller):
-    """A minimal distiller: one gradient step on the synthetic set per batch (pull towards zero)."""
+    """A minimal distiller: one gradient step on the synthetic set per batch (pull towards zero).
+
+    Like MTT, it keeps ``expert_dir`` as a hyperparameter, where the callback finds it.
+    """
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, expert_dir: str | None = None) -> None:
+        super().__init__(in_shape, num_classes, ipc=1)
+        self.save_hyperparameters()
 
     def training_step(self, batch: object, batch_idx: int) -> None:
         optimizer = self.optimizers()
@@ -164,7 +183,8 @@ class _Nudge(Distiller):
 def test_callback_writes_audio_tree(tmp_path: Path) -> None:
     L.seed_everything(0)
     data = SyntheticSounds(train_per_class=2, val_per_class=1, test_per_class=1, duration=0.25, batch_size=8)
-    model = _Nudge(data.feature_shape, data.num_classes, ipc=1)
+    experts = _expert_dir(tmp_path / "experts", list(data.feature_shape), data.num_classes)
+    model = _Nudge(data.feature_shape, data.num_classes, expert_dir=str(experts))
     callback = AudioReconstruction(n_iter=4, every_n_steps=2, max_per_class=1)
     trainer = L.Trainer(
         max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
@@ -175,7 +195,8 @@ def test_callback_writes_audio_tree(tmp_path: Path) -> None:
     distilled = tmp_path / "distilled"
     for root in (distilled, distilled / "step_2"):
         report = load_json(root / REPORT)
-        assert len(report["samples"]) == data.num_classes and report["expert_accuracy"] is None
+        assert len(report["samples"]) == data.num_classes and report["expert_accuracy"]["experts"] == 1
+        assert 0 <= report["expert_accuracy"]["reconstructed_audio"] <= 1
         for name in data.classes:
             (wav,) = (root / "audio").glob(f"{name}/*.wav")
             assert sf.info(wav).samplerate == data.sample_rate
@@ -195,7 +216,7 @@ def test_wandb_gets_audio_and_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     L.seed_everything(0)
     data = SyntheticSounds(train_per_class=2, val_per_class=1, test_per_class=1, duration=0.25, batch_size=8)
-    model = _Nudge(data.feature_shape, data.num_classes, ipc=1)
+    model = _Nudge(data.feature_shape, data.num_classes)
     logger = WandbLogger(project="ddlight-test", save_dir=str(tmp_path), offline=True)
     trainer = L.Trainer(
         max_steps=1, logger=logger, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
