@@ -1,0 +1,155 @@
+"""``al_results.json``, ``al_results.md`` and ``al_results.png``: what an active-learning run writes.
+
+Layout of ``al_results.json`` (accuracies and shares in percent)::
+
+    {"dataset": "synthetic", "features": {...}, "pool_size": 1100, "num_classes": 11,
+     "protocol": {"repeats": 3, "epochs": 50, "lr": 0.01, ...},
+     "results": [{"network": "cnn4", "strategy": "bald",
+                  "points": [{"labelled": 220, "percent": 20.0,
+                              "mean": 71.2, "std": 1.3, "runs": [...]}, ...]},
+                 ...]}
+
+The Markdown has one table per network in the layout of Tables 1–2 of Gudur & Thomaz: one block of
+rows per strategy, budgets from largest to smallest, "% Samples" next to "Accuracy".
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ddlight.io import atomic_path, atomic_write, save_json
+
+RESULTS_JSON = "al_results.json"
+RESULTS_MD = "al_results.md"
+RESULTS_PNG = "al_results.png"
+
+#: Display names of the strategies, as in the paper.
+STRATEGY_NAMES = {
+    "max_entropy": "Max Entropy",
+    "variation_ratios": "Variation Ratios",
+    "margin": "Margin",
+    "bald": "BALD",
+    "random": "Random",
+}
+
+
+def summarize(runs: Iterable[float]) -> dict[str, Any]:
+    """``{"mean", "std", "runs"}`` of accuracies, rounded to 4 decimals (population std)."""
+    runs = [round(float(r), 4) for r in runs]
+    return {"mean": round(statistics.fmean(runs), 4), "std": round(statistics.pstdev(runs), 4), "runs": runs}
+
+
+def build_results(
+    dataset: str,
+    features: dict[str, Any] | None,
+    pool_size: int,
+    num_classes: int,
+    records: list[dict[str, Any]],
+    protocol: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``al_results.json`` document from the per-run records of :class:`~ddlight.active_learning.ActiveLearner`.
+
+    Args:
+        dataset: Dataset name.
+        features: Feature configuration.
+        pool_size: Number of pool (training) items.
+        num_classes: Number of classes.
+        records: ``{"network", "strategy", "repeat", "labelled", "accuracy"}`` per run and budget.
+        protocol: Training settings of the rounds (repeats, epochs, optimiser...).
+
+    Returns:
+        The document (see the module docstring).
+    """
+    grouped: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for record in records:
+        points = grouped.setdefault((record["network"], record["strategy"]), {})
+        points.setdefault(record["labelled"], []).append(record["accuracy"])
+    results = [
+        {
+            "network": network,
+            "strategy": strategy,
+            "points": [
+                {"labelled": n, "percent": round(100.0 * n / pool_size, 4), **summarize(accs)}
+                for n, accs in sorted(points.items())
+            ],
+        }
+        for (network, strategy), points in grouped.items()
+    ]
+    return {
+        "dataset": dataset,
+        "features": features,
+        "pool_size": pool_size,
+        "num_classes": num_classes,
+        "protocol": protocol,
+        "results": results,
+    }
+
+
+def format_percent(percent: float) -> str:
+    """``60%``, ``2.5%``, ``0.029%``: three significant digits, no trailing zeros."""
+    return f"{percent:.3g}%"
+
+
+def markdown_tables(results: dict[str, Any]) -> str:
+    """One Markdown table per network, in the layout of the paper's Tables 1–2."""
+    repeats = results["protocol"].get("repeats", "?")
+    lines = []
+    for network in dict.fromkeys(r["network"] for r in results["results"]):
+        lines += [
+            f"Test accuracy (%) vs % of the pool labelled: {network} on {results['dataset']} "
+            f"(pool of {results['pool_size']}), mean ± std over {repeats} repeats.",
+            "",
+            "| Strategy | % Samples | Samples | Accuracy |",
+            "|---|---|---|---|",
+        ]
+        for row in (r for r in results["results"] if r["network"] == network):
+            name = STRATEGY_NAMES.get(row["strategy"], row["strategy"])
+            for i, point in enumerate(sorted(row["points"], key=lambda p: -p["labelled"])):
+                lines.append(
+                    f"| {name if i == 0 else ''} | {format_percent(point['percent'])} | {point['labelled']} | "
+                    f"{point['mean']:.2f} ± {point['std']:.2f} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_results(path: str | Path, results: dict[str, Any]) -> Path:
+    """Accuracy vs % of the pool labelled, one panel per network, one line (± std) per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    networks = list(dict.fromkeys(r["network"] for r in results["results"]))
+    fig, axes = plt.subplots(1, len(networks), figsize=(5 * len(networks), 4), squeeze=False)
+    for ax, network in zip(axes[0], networks):
+        for row in (r for r in results["results"] if r["network"] == network):
+            points = row["points"]
+            ax.errorbar(
+                [p["percent"] for p in points], [p["mean"] for p in points], yerr=[p["std"] for p in points],
+                marker="o", capsize=3, label=STRATEGY_NAMES.get(row["strategy"], row["strategy"]),
+            )
+        ax.set(title=f"{network} ({results['dataset']})", xlabel="% of pool labelled", ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_results(directory: str | Path, results: dict[str, Any]) -> tuple[Path, Path, Path]:
+    """Write ``al_results.json``, ``.md`` and ``.png`` into ``directory`` atomically.
+
+    Returns:
+        The paths of the JSON, Markdown and PNG files.
+    """
+    directory = Path(directory)
+    json_path = save_json(directory / RESULTS_JSON, results)
+    text = markdown_tables(results)
+    md_path = atomic_write(directory / RESULTS_MD, lambda tmp: tmp.write_text(text))
+    return json_path, md_path, plot_results(directory / RESULTS_PNG, results)
