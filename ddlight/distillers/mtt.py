@@ -1,0 +1,320 @@
+"""MTT: dataset distillation by Matching Training Trajectories (Cazenavette et al., CVPR 2022).
+
+The distiller of DDFAD (Jiang et al. 2024): FD-MFCC features distilled by trajectory matching. Expert
+trajectories are recorded beforehand by :class:`~ddlight.callbacks.TrajectoryRecorder`
+(``ddlight fit --config configs/expert_<dataset>.yaml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ddlight.augment import SpecAugment
+from ddlight.distillers.base import Distiller, Synset
+from ddlight.io import load_trajectories
+from ddlight.networks import build_network
+
+
+def trajectory_loss(student: Tensor, start: Tensor, target: Tensor) -> Tensor:
+    """Normalised parameter matching loss ``‖θ̂_N − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²``.
+
+    Args:
+        student: Student parameters after the unroll ``θ̂_N`` (flat vector).
+        start: Expert parameters at the start epoch ``θ*_t`` (flat vector).
+        target: Expert parameters ``M`` epochs later ``θ*_{t+M}`` (flat vector).
+
+    Returns:
+        Scalar loss: 1 means the student got nowhere, 0 means it landed on the target.
+    """
+    return (student - target).pow(2).sum() / (start - target).pow(2).sum()
+
+
+class MTT(Distiller):
+    """Matching Training Trajectories, with DATM soft labels and an FTD exponential moving average.
+
+    Each training step samples an expert and a start epoch ``t ≤ max_start_epoch``, starts a student
+    network at the expert's parameters ``θ*_t``, takes ``syn_steps`` differentiable SGD steps on
+    (augmented) minibatches of the synthetic set with the learnable step size ``syn_lr`` and minimises
+    :func:`trajectory_loss` against ``θ*_{t+expert_epochs}``. The synthetic set is updated with SGD
+    (momentum ``momentum``), ``syn_lr`` with its own SGD, soft labels (``learn_labels``) with a third.
+    Real data is not used: the training dataloader only clocks the steps (``trainer.max_steps``).
+
+    Under DDP every rank samples its own expert, start epoch and minibatches against the same
+    synthetic set; gradients of the set, ``syn_lr`` and labels are averaged over ranks before each
+    update, so the set stays identical on every rank.
+
+    Guards and recovery policy:
+
+    * A step with a non-finite loss or gradient is skipped with a warning naming the step;
+      ``max_bad_steps`` consecutive skipped steps stop training with a ``RuntimeError``.
+    * ``syn_lr`` falling below ``min_syn_lr`` (or negative) is clamped back to ``min_syn_lr`` with a
+      warning; rising above ``max_syn_lr`` stops training with a ``RuntimeError``: lower ``lr_lr``
+      (or ``lr_img``) and rerun, or resume from the last checkpoint with the lower value.
+
+    Memory grows linearly with ``syn_steps`` × ``batch_syn`` (the whole unroll is kept for the
+    backward pass); TESLA's constant-memory gradient is not implemented, so lower either when
+    memory runs out.
+
+    Args:
+        in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
+        num_classes: Number of classes (linked from ``data.num_classes``).
+        ipc: Synthetic samples per class.
+        init: ``real`` (random real samples per class) or ``noise``.
+        learn_labels: Learn soft labels (DATM).
+        label_scale: Initial logit of the true class for learnable labels.
+        expert_dir: Folder of expert trajectories written by the expert config.
+        syn_steps: Differentiable student steps ``N`` per update.
+        expert_epochs: Expert epochs ``M`` the student must cover.
+        max_start_epoch: Largest start epoch ``t`` (clipped to what the experts recorded).
+        lr_img: Learning rate of the synthetic features (normalised feature space).
+        lr_lr: Learning rate of ``syn_lr``.
+        lr_label: Learning rate of the soft-label logits.
+        momentum: SGD momentum of the synthetic features and labels.
+        syn_lr_init: Initial student step size; None uses the experts' learning rate.
+        batch_syn: Synthetic minibatch size per student step; None uses the whole set.
+        augment: Apply differentiable :class:`~ddlight.augment.SpecAugment` to every student batch.
+        ema_decay: Decay of an exponential moving average of the set (FTD); when set, the average is
+            what gets exported and evaluated.
+        max_grad_norm: Clip the synthetic set's gradient to this norm (None: no clipping).
+        max_bad_steps: Consecutive non-finite steps tolerated before stopping.
+        min_syn_lr: Lower clamp of ``syn_lr``.
+        max_syn_lr: ``syn_lr`` above this stops training.
+    """
+
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        num_classes: int,
+        ipc: int = 10,
+        init: Literal["real", "noise"] = "real",
+        learn_labels: bool = False,
+        label_scale: float = 5.0,
+        expert_dir: str = "experts/synthetic",
+        syn_steps: int = 20,
+        expert_epochs: int = 2,
+        max_start_epoch: int = 10,
+        lr_img: float = 100.0,
+        lr_lr: float = 1e-5,
+        lr_label: float = 2.0,
+        momentum: float = 0.5,
+        syn_lr_init: float | None = None,
+        batch_syn: int | None = None,
+        augment: bool = True,
+        ema_decay: float | None = None,
+        max_grad_norm: float | None = None,
+        max_bad_steps: int = 10,
+        min_syn_lr: float = 1e-5,
+        max_syn_lr: float = 1.0,
+    ) -> None:
+        super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale)
+        if syn_steps < 1 or expert_epochs < 1 or max_start_epoch < 0:
+            raise ValueError("syn_steps and expert_epochs must be >= 1 and max_start_epoch >= 0")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
+        if not 0.0 < min_syn_lr < max_syn_lr:
+            raise ValueError(f"need 0 < min_syn_lr < max_syn_lr, got {min_syn_lr}, {max_syn_lr}")
+        self.save_hyperparameters()
+        self.syn_lr = nn.Parameter(torch.tensor(syn_lr_init if syn_lr_init is not None else 0.01))
+        self.augment = SpecAugment(enabled=augment)
+        self.register_buffer("synthetic_ema", torch.zeros_like(self.synthetic) if ema_decay else None)
+        self.experts: list[dict[str, Tensor]] = []
+        self.student: nn.Module | None = None
+        self.generator = torch.Generator()
+        self.bad_steps = 0
+
+    # ------------------------------------------------------------------------------------ experts
+    def setup(self, stage: str) -> None:
+        """Load the experts, check them against the data and build the student network."""
+        if stage != "fit":
+            return
+        manifest, experts = load_trajectories(self.hparams.expert_dir)
+        self.check_experts(manifest, self.trainer.datamodule.describe())
+        snapshots = min(len(next(iter(e.values()))) for e in experts)
+        if snapshots <= self.hparams.expert_epochs:
+            raise ValueError(
+                f"experts in {self.hparams.expert_dir} have {snapshots - 1} epochs, fewer than "
+                f"expert_epochs={self.hparams.expert_epochs}; record longer experts"
+            )
+        self.max_start = min(self.hparams.max_start_epoch, snapshots - 1 - self.hparams.expert_epochs)
+        self.experts = experts
+        self.build_student(manifest)
+        if self.hparams.syn_lr_init is None:
+            self.syn_lr.data.fill_(float(manifest["optimizer"]["lr"]))
+
+    def build_student(self, manifest: dict[str, Any]) -> None:
+        """Build the student network the experts were trained as (its own weights are never used)."""
+        options = dict(manifest.get("network_options") or {})
+        self.student = build_network(manifest["network"], manifest["in_shape"], manifest["num_classes"], **options)
+        self.student.requires_grad_(False)
+        self.shapes = {name: p.shape for name, p in self.student.named_parameters()}
+
+    def check_experts(self, manifest: dict[str, Any], data: dict[str, Any]) -> None:
+        """Check that experts were recorded on this data with this feature configuration.
+
+        Args:
+            manifest: The experts' manifest.
+            data: The datamodule's ``describe()``.
+
+        Raises:
+            ValueError: Naming every entry that differs and the command that regenerates the experts.
+        """
+        recorded = manifest.get("data") or {}
+        expected = {
+            "in_shape": (list(manifest.get("in_shape", [])), list(self.in_shape)),
+            "num_classes": (manifest.get("num_classes"), self.num_classes),
+        }
+        expected |= {key: (recorded.get(key), data.get(key)) for key in ("dataset", "features", "fingerprint")}
+        clashes = [f"{key}: experts {old!r} vs data {new!r}" for key, (old, new) in expected.items() if old != new]
+        if clashes:
+            raise ValueError(
+                f"experts in {self.hparams.expert_dir} do not match this data ({'; '.join(clashes)}). "
+                f"Regenerate them with `ddlight fit --config configs/expert_{data.get('dataset')}.yaml` using the "
+                f"same data options, or point expert_dir at matching experts."
+            )
+
+    def flat(self, expert: dict[str, Tensor], epoch: int) -> Tensor:
+        """Expert parameters at ``epoch`` as one flat vector (student parameter order)."""
+        return torch.cat([expert[name][epoch].flatten() for name in self.shapes]).to(self.device)
+
+    def unflatten(self, params: Tensor) -> dict[str, Tensor]:
+        """Split a flat parameter vector into the student's named parameter tensors."""
+        sizes = [math.prod(shape) for shape in self.shapes.values()]
+        return {name: p.view(shape) for (name, shape), p in zip(self.shapes.items(), params.split(sizes))}
+
+    # -------------------------------------------------------------------------------------- unroll
+    def unroll(self, start: Tensor) -> Tensor:
+        """Take ``syn_steps`` differentiable SGD steps of the student from ``start`` on the synthetic set.
+
+        Each pass over the set is a fresh permutation cut into ``batch_syn`` minibatches.
+
+        Returns:
+            The final flat parameters, differentiable w.r.t. the set, ``syn_lr`` and the labels.
+        """
+        x, y = self.synthetic, self.targets()
+        batch = self.hparams.batch_syn or len(x)
+        passes = math.ceil(self.hparams.syn_steps * batch / len(x))
+        order = torch.cat([torch.randperm(len(x), generator=self.generator) for _ in range(passes)])
+        params = start.detach().requires_grad_(True)
+        for step in range(self.hparams.syn_steps):
+            idx = order[step * batch : (step + 1) * batch].to(x.device)
+            logits = functional_call(self.student, self.unflatten(params), (self.augment(x[idx]),))
+            loss = self.soft_cross_entropy(logits, y[idx])
+            (grad,) = torch.autograd.grad(loss, params, create_graph=True)
+            params = params - self.syn_lr * grad
+        return params
+
+    def matching_loss(self) -> tuple[Tensor, int]:
+        """Sample an expert and a start epoch, unroll the student, return the loss and the start epoch."""
+        expert = self.experts[int(torch.randint(len(self.experts), (1,), generator=self.generator))]
+        start = int(torch.randint(self.max_start + 1, (1,), generator=self.generator))
+        theta = self.flat(expert, start)
+        target = self.flat(expert, start + self.hparams.expert_epochs)
+        return trajectory_loss(self.unroll(theta), theta, target), start
+
+    # ------------------------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        """Initialise the set (base), its average, and a per-rank sampling generator."""
+        super().on_fit_start()
+        self.student.to(self.device)
+        self.generator.manual_seed(torch.initial_seed() % 2**62 + 7919 * self.global_rank + self.global_step)
+        if self.synthetic_ema is not None and self.global_step == 0:
+            self.synthetic_ema.copy_(self.synthetic.detach())
+
+    def trained_tensors(self) -> list[Tensor]:
+        """The tensors being distilled: synthetic set, step size and (if learned) label logits."""
+        return [self.synthetic, self.syn_lr] + ([self.label_logits] if self.label_logits is not None else [])
+
+    def average_gradients(self, loss: Tensor) -> Tensor:
+        """Average the gradients (and the loss) over DDP ranks in one all-reduce; returns the mean loss."""
+        tensors = self.trained_tensors()
+        if self.trainer.world_size == 1 or not dist.is_initialized():
+            return loss.detach()
+        flat = torch.cat([t.grad.flatten() for t in tensors] + [loss.detach().view(1)])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.trainer.world_size
+        for t, g in zip(tensors, flat[:-1].split([t.numel() for t in tensors])):
+            t.grad.copy_(g.view_as(t))
+        return flat[-1]
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        optimizers = self.optimizers()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=False)
+        loss, start = self.matching_loss()
+        self.manual_backward(loss)  # also when non-finite: every rank must join the gradient all-reduce
+        loss = self.average_gradients(loss)
+        grads = [t.grad for t in self.trained_tensors()]
+        if not (torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)):
+            self.bad_steps += 1
+            warnings.warn(f"MTT step {self.global_step}: non-finite loss or gradient, update skipped", stacklevel=2)
+            if self.bad_steps >= self.hparams.max_bad_steps:
+                raise RuntimeError(
+                    f"MTT: {self.bad_steps} consecutive non-finite steps (last at step {self.global_step}); "
+                    f"lower lr_img or lr_lr, or syn_steps, and rerun"
+                )
+            return
+        self.bad_steps = 0
+        grad_norm = self.synthetic.grad.norm()
+        if self.hparams.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([self.synthetic], self.hparams.max_grad_norm)
+        optimizers[0].step()  # through Lightning: one global step per distillation update
+        for opt in optimizers[1:]:
+            opt.optimizer.step()
+        self.guard_syn_lr()
+        if self.synthetic_ema is not None:
+            self.synthetic_ema.lerp_(self.synthetic.detach(), 1 - self.hparams.ema_decay)
+        self.log_dict(
+            {"train/loss": loss, "train/syn_lr": self.syn_lr.detach(), "train/start_epoch": float(start),
+             "train/grad_norm": grad_norm},
+            prog_bar=True, on_step=True, on_epoch=False,
+        )
+
+    @torch.no_grad()
+    def guard_syn_lr(self) -> None:
+        """Clamp ``syn_lr`` to ``min_syn_lr``; stop if it left the range ``(0, max_syn_lr]`` upwards."""
+        value = float(self.syn_lr)
+        if not math.isfinite(value) or value > self.hparams.max_syn_lr:
+            raise RuntimeError(
+                f"MTT: syn_lr exploded to {value} at step {self.global_step} (max_syn_lr="
+                f"{self.hparams.max_syn_lr}); lower lr_lr (now {self.hparams.lr_lr}) and rerun"
+            )
+        if value < self.hparams.min_syn_lr:
+            warnings.warn(f"MTT step {self.global_step}: syn_lr {value:.3g} clamped to {self.hparams.min_syn_lr}", stacklevel=2)
+            self.syn_lr.fill_(self.hparams.min_syn_lr)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        hp = self.hparams
+        optimizers = [
+            torch.optim.SGD([self.synthetic], lr=hp.lr_img, momentum=hp.momentum),
+            torch.optim.SGD([self.syn_lr], lr=hp.lr_lr, momentum=hp.momentum),
+        ]
+        if self.label_logits is not None:
+            optimizers.append(torch.optim.SGD([self.label_logits], lr=hp.lr_label, momentum=hp.momentum))
+        return optimizers
+
+    # -------------------------------------------------------------------------------------- export
+    def to_synset(self) -> Synset:
+        """The distilled set; with ``ema_decay`` its moving average."""
+        synset = super().to_synset()
+        if self.synthetic_ema is None:
+            return synset
+        return dataclasses.replace(synset, features=self.synthetic_ema.clone())
+
+    def export_extras(self) -> dict[str, Any]:
+        hp = self.hparams
+        return {
+            "syn_lr": float(self.syn_lr.detach()),
+            "expert_dir": hp.expert_dir,
+            "syn_steps": hp.syn_steps,
+            "expert_epochs": hp.expert_epochs,
+            "max_start_epoch": hp.max_start_epoch,
+            "ema": hp.ema_decay is not None,
+        }

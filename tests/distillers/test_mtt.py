@@ -1,0 +1,230 @@
+"""MTT: the matching loss, the differentiable unroll, guards, expert checks, export, DDP and the CLI."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+
+from ddlight.callbacks import TrajectoryRecorder
+from ddlight.cli import main
+from ddlight.data.synthetic import SyntheticSounds
+from ddlight.distillers.base import load_synset
+from ddlight.distillers.mtt import MTT, trajectory_loss
+from ddlight.io import load_json
+from ddlight.tasks import Classifier
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = {"train_per_class": 2, "val_per_class": 1, "test_per_class": 1, "duration": 0.25, "batch_size": 8}
+
+
+def _data() -> SyntheticSounds:
+    return SyntheticSounds(**DATA)
+
+
+def _trainer(max_steps: int, **kwargs) -> L.Trainer:
+    options = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "accelerator": "cpu"}
+    return L.Trainer(max_steps=max_steps, limit_val_batches=0, num_sanity_val_steps=0, **(options | kwargs))
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two tiny ConvNet experts (width 8), 3 epochs each, recorded on the tiny SyntheticSounds."""
+    directory = tmp_path_factory.mktemp("experts")
+    L.seed_everything(0)
+    data = _data()
+    model = Classifier(data.feature_shape, data.num_classes, network_options={"width": 8, "depth": 2}, num_models=2)
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        accelerator="cpu", callbacks=[TrajectoryRecorder(dirpath=str(directory))])
+    trainer.fit(model, datamodule=data)
+    return directory
+
+
+def _mtt(expert_dir: Path, **kwargs) -> MTT:
+    data = _data()
+    options = {"ipc": 1, "syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 1, "ema_decay": 0.9} | kwargs
+    return MTT(data.feature_shape, data.num_classes, expert_dir=str(expert_dir), **options)
+
+
+def test_trajectory_loss_hand_computed() -> None:
+    student, start, target = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0])
+    # |(0, 2)|^2 / |(-1, 0)|^2 = 4 / 1
+    assert trajectory_loss(student, start, target).item() == pytest.approx(4.0)
+    assert trajectory_loss(target, start, target).item() == 0.0
+
+
+def test_unroll_matches_manual_sgd_and_gives_gradients() -> None:
+    torch.manual_seed(0)
+    mtt = MTT((2, 4, 6), 3, ipc=2, syn_steps=2, augment=False, syn_lr_init=0.05)
+    manifest = {"network": "convnet", "network_options": {"width": 4, "depth": 1}, "in_shape": [2, 4, 6], "num_classes": 3}
+    mtt.build_student(manifest)
+    net = copy.deepcopy(mtt.student).requires_grad_(True)
+    start = torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    final = mtt.unroll(start)
+    for _ in range(2):  # the same two steps by hand: plain SGD on the whole set
+        loss = F.cross_entropy(net(mtt.synthetic.detach()), mtt.labels)
+        grads = torch.autograd.grad(loss, list(net.parameters()))
+        with torch.no_grad():
+            for p, g in zip(net.parameters(), grads):
+                p -= 0.05 * g
+    manual = torch.cat([p.detach().flatten() for p in net.parameters()])
+    torch.testing.assert_close(final.detach(), manual, rtol=1e-5, atol=1e-6)
+
+    target = start + torch.randn_like(start) * 0.1
+    grad_x, grad_lr = torch.autograd.grad(trajectory_loss(final, start, target), [mtt.synthetic, mtt.syn_lr])
+    assert torch.isfinite(grad_x).all() and grad_x.abs().sum() > 0
+    assert torch.isfinite(grad_lr) and grad_lr != 0
+    lr, eps, values = mtt.syn_lr.item(), 1e-3, []
+    for value in (lr + eps, lr - eps):  # d loss / d syn_lr against a central finite difference
+        mtt.syn_lr.data.fill_(value)
+        values.append(trajectory_loss(mtt.unroll(start), start, target).item())
+    assert grad_lr.item() == pytest.approx((values[0] - values[1]) / (2 * eps), rel=2e-2)
+
+
+def test_fit_learns_and_export_round_trips(experts: Path, tmp_path: Path) -> None:
+    L.seed_everything(0)
+    mtt = _mtt(experts)
+    trainer = _trainer(3, default_root_dir=tmp_path)
+    trainer.fit(mtt, datamodule=_data())
+    assert trainer.global_step == 3  # one global step per distillation update
+    synset = load_synset(Path(trainer.log_dir) / "distilled")
+    torch.testing.assert_close(synset.features, mtt.synthetic_ema)  # the EMA is what gets exported
+    assert not torch.equal(mtt.synthetic_ema, mtt.synthetic.detach())
+    assert synset.manifest["method"] == "mtt" and synset.manifest["syn_lr"] == pytest.approx(mtt.syn_lr.item())
+    assert synset.manifest["expert_dir"] == str(experts) and synset.manifest["syn_steps"] == 2
+    assert mtt.syn_lr.item() != 0.01  # learned, started at the experts' lr
+
+
+class _NaNOnce(MTT):
+    """Injects a NaN loss into the calls listed in ``bad`` (counted from 0)."""
+
+    bad: tuple[int, ...] = (1,)
+    calls = 0
+
+    def matching_loss(self) -> tuple[torch.Tensor, int]:
+        loss, start = super().matching_loss()
+        self.calls += 1
+        return (loss * math.nan if self.calls - 1 in self.bad else loss), start
+
+
+class _Snapshots(Callback):
+    def __init__(self) -> None:
+        self.sets: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.sets.append(pl_module.synthetic.detach().clone())
+
+
+def test_nan_step_is_skipped(experts: Path) -> None:
+    L.seed_everything(0)
+    data = _data()
+    mtt = _NaNOnce(data.feature_shape, data.num_classes, ipc=1, expert_dir=str(experts), syn_steps=2,
+                   expert_epochs=1, max_start_epoch=1)
+    snapshots = _Snapshots()
+    with pytest.warns(UserWarning, match="MTT step 1: non-finite"):
+        _trainer(3, callbacks=[snapshots]).fit(mtt, datamodule=data)
+    assert len(snapshots.sets) == 4 and mtt.global_step == 3  # 4 batches, 3 updates
+    assert torch.equal(snapshots.sets[0], snapshots.sets[1])  # the bad step left the set alone
+    assert not torch.equal(snapshots.sets[1], snapshots.sets[2])
+    assert torch.isfinite(mtt.synthetic).all()
+
+
+def test_consecutive_nan_steps_stop(experts: Path) -> None:
+    data = _data()
+    mtt = _NaNOnce(data.feature_shape, data.num_classes, ipc=1, expert_dir=str(experts), syn_steps=1,
+                   expert_epochs=1, max_bad_steps=2)
+    mtt.bad = tuple(range(5))
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="2 consecutive non-finite steps"):
+        _trainer(5).fit(mtt, datamodule=data)
+
+
+def test_syn_lr_guard() -> None:
+    mtt = MTT((1, 4, 4), 2, ipc=1, min_syn_lr=1e-4, max_syn_lr=0.5)
+    with torch.no_grad():
+        mtt.syn_lr.fill_(-0.1)
+    with pytest.warns(UserWarning, match="clamped"):
+        mtt.guard_syn_lr()
+    assert mtt.syn_lr.item() == pytest.approx(1e-4)
+    with torch.no_grad():
+        mtt.syn_lr.fill_(2.0)
+    with pytest.raises(RuntimeError, match="syn_lr exploded.*lower lr_lr"):
+        mtt.guard_syn_lr()
+
+
+def test_incompatible_or_missing_experts(experts: Path, tmp_path: Path) -> None:
+    mtt = _mtt(experts)
+    manifest = load_json(experts / "manifest.json")
+    data = _data()
+    data.setup("fit")
+    describe = data.describe()
+    mtt.check_experts(manifest, describe)  # the experts' own data passes
+    with pytest.raises(ValueError, match=r"fingerprint.*configs/expert_synthetic.yaml"):
+        mtt.check_experts(manifest, describe | {"fingerprint": "0" * 16})
+    other = SyntheticSounds(**(DATA | {"train_per_class": 3}))
+    with pytest.raises(ValueError, match="do not match this data"):
+        _trainer(1).fit(_mtt(experts), datamodule=other)
+    with pytest.raises(FileNotFoundError, match="expert_<dataset>.yaml"):
+        _trainer(1).fit(_mtt(tmp_path / "none"), datamodule=_data())
+
+
+class _RankCheck(Callback):
+    """After every step, gather a checksum of each rank's set (and sampled start epoch) into a file."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        mine = torch.stack([pl_module.synthetic.detach().double().sum(), pl_module.synthetic.detach().double().norm()])
+        gathered = trainer.strategy.all_gather(mine)
+        if trainer.is_global_zero:
+            with open(self.out, "a") as f:
+                f.write(" ".join(f"{v:.17g}" for v in gathered.flatten().tolist()) + "\n")
+
+
+def _ddp_run(experts: Path, out: Path, devices: int) -> list[list[float]]:
+    L.seed_everything(0)
+    trainer = _trainer(3, strategy="ddp_spawn" if devices > 1 else "auto", devices=devices,
+                       callbacks=[_RankCheck(str(out))])
+    trainer.fit(_mtt(experts), datamodule=_data())
+    return [[float(v) for v in line.split()] for line in out.read_text().splitlines()]
+
+
+@pytest.mark.timeout(120)
+def test_ddp_two_processes_keep_one_set(experts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    single = _ddp_run(experts, tmp_path / "one.txt", devices=1)
+    double = _ddp_run(experts, tmp_path / "two.txt", devices=2)
+    assert len(single) == len(double) == 3
+    for row in double:  # rank 0 and rank 1 hold the same set after every step
+        assert row[:2] == row[2:]
+    assert double[0] != double[-1]  # and it was updated
+    assert single[0][:2] != double[0][:2]  # the ranks averaged different experts' gradients
+
+
+def test_cli_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = ["--data.init_args.train_per_class=2", "--data.init_args.val_per_class=1",
+            "--data.init_args.test_per_class=1", "--data.init_args.duration=0.25"]
+    quiet = ["--trainer.enable_progress_bar=false", "--trainer.logger=false"]
+    main(["fit", "--config", str(REPO / "configs/expert_synthetic.yaml"), *data, *quiet, "--trainer.max_epochs=3",
+          "--model.init_args.num_models=1", "--model.init_args.network_options.width=8", "--test_after_fit=false"])
+    assert (tmp_path / "experts/synthetic/manifest.json").is_file()
+    main(["fit", "--config", str(REPO / "configs/mtt_synthetic.yaml"), *data, "--trainer.max_steps=2",
+          "--model.init_args.ipc=1", "--model.init_args.syn_steps=2", "--model.init_args.max_start_epoch=1",
+          "--model.init_args.expert_epochs=1", "--trainer.enable_progress_bar=false",
+          "--trainer.callbacks.init_args.epochs=2", "--trainer.callbacks.init_args.repeats=1",
+          "--trainer.callbacks.init_args.baselines=[random]"])
+    run = next((tmp_path / "runs/mtt_synthetic").rglob("distilled")).parent
+    synset = load_synset(run / "distilled")
+    assert synset.manifest["method"] == "mtt" and synset.manifest["step"] == 2
+    assert len(synset.features) == synset.manifest["num_classes"]
+    report = load_json(run / "evaluation.json")
+    assert report  # the evaluator ran on the distilled set
