@@ -56,7 +56,7 @@ from torch import Tensor
 
 from ddlight.distillers.base import Synset, load_synset
 from ddlight.features import AudioFeatures, build_features
-from ddlight.features.griffin_lim import stft
+from ddlight.features.griffin_lim import consistency_projection, stft
 from ddlight.features.inversion import spectral_convergence
 from ddlight.io import atomic_write, load_trajectories, save_json
 from ddlight.networks import build_network
@@ -78,7 +78,8 @@ def synset_front_end(synset: Synset, device: torch.device | str = "cpu") -> tupl
 
     Raises:
         ValueError: If the features' shape disagrees with the manifest's ``feature_shape`` or with what
-            the front end makes of ``sample_rate * duration`` samples.
+            the front end makes of ``sample_rate * duration`` samples, or if its STFT cannot be inverted
+            (windows that do not overlap).
     """
     manifest = synset.manifest
     missing = {"features", "sample_rate", "duration", "classes"} - set(manifest)
@@ -95,6 +96,13 @@ def synset_front_end(synset: Synset, device: torch.device | str = "cpu") -> tupl
             f"feature_shape {list(expected)}, and the {manifest['features'].get('name')} front end makes "
             f"{list(produced)} of {manifest['duration']} s at {manifest['sample_rate']} Hz"
         )
+    try:  # Griffin-Lim's inverse STFT needs windows that overlap everywhere
+        consistency_projection(front.n_fft, front.hop_length, 1, produced[-1], front.mean)
+    except ValueError as err:
+        raise ValueError(
+            f"the set's front end cannot be turned back into audio: {err}. Use hop_length <= n_fft // 2 "
+            f"in the data's features configuration"
+        ) from err
     front.mean.copy_(synset.mean.reshape(front.mean.shape))
     front.std.copy_(synset.std.reshape(front.std.shape))
     front.fitted.fill_(True)
@@ -239,7 +247,8 @@ def reconstruct(
         The report, as written to ``reconstruction.json`` (see the module docstring).
 
     Raises:
-        ValueError: If the features' shape disagrees with the manifest.
+        ValueError: If the features' shape disagrees with the manifest or the front end cannot be
+            inverted (see :func:`synset_front_end`).
     """
     out_dir = Path(out_dir)
     device = torch.device(device) if device is not None else synset.features.device
@@ -339,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("directory", type=Path, help="folder with synset.safetensors and manifest.json")
     parser.add_argument("--n-iter", type=int, default=32, help="Griffin-Lim iterations")
     parser.add_argument("--expert-dir", type=Path, default=None, help="expert trajectories for the accuracy check")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: DIR)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder; None: into DIR itself")
     parser.add_argument("--max-per-class", type=int, default=None, help="rebuild at most this many per class")
     parser.add_argument("--seed", type=int, default=0, help="seed of Griffin-Lim's initial phase")
     parser.add_argument("--device", default="cpu", help="torch device")

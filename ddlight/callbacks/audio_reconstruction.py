@@ -10,7 +10,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from ddlight.reconstruct import AUDIO, GRID, format_summary, reconstruct
+from ddlight.reconstruct import AUDIO, GRID, format_summary, reconstruct, synset_front_end
 
 #: Most rebuilt clips per class sent to Weights & Biases (all are written to disk).
 WANDB_AUDIO_PER_CLASS = 4
@@ -26,7 +26,8 @@ class AudioReconstruction(Callback):
     :mod:`ddlight.reconstruct`). Runs on rank 0 at the end of training and, if asked, every
     ``every_n_steps`` training batches into ``distilled/step_<k>/``. The means are logged as
     ``reconstruction/*`` metrics to every logger; with a :class:`~lightning.pytorch.loggers.WandbLogger`
-    the clips (capped per class) and the grid are logged as media too.
+    the clips (capped per class) and the grid are logged as media too. A set that cannot be rebuilt
+    (a front end whose STFT windows do not overlap) is refused when fitting starts.
 
     Args:
         n_iter: Griffin-Lim iterations.
@@ -90,6 +91,10 @@ class AudioReconstruction(Callback):
         for logger in (lg for lg in trainer.loggers if isinstance(lg, WandbLogger)):
             logger.log_audio("reconstruction/audio", [str(out_dir / f) for f in files], step=step, caption=captions)
             logger.log_image("reconstruction/spectrograms", [str(out_dir / GRID)], step=step)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Fail before distilling, not after, if the set cannot be turned into audio."""
+        synset_front_end(pl_module.to_synset())
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -19,7 +19,7 @@ from torch import Tensor
 from ddlight.callbacks import AudioReconstruction
 from ddlight.data.synthetic import SyntheticSounds
 from ddlight.distillers.base import Distiller, Synset, save_synset
-from ddlight.features import FDMFCC, MFCC, AudioFeatures
+from ddlight.features import FDMFCC, MFCC, AudioFeatures, FeatureConfig
 from ddlight.io import load_json, save_json, save_tensors
 from ddlight.networks import build_network
 from ddlight.reconstruct import REPORT, main, reconstruct
@@ -150,6 +150,13 @@ def test_feature_shape_mismatch_is_an_error(tmp_path: Path, change: dict) -> Non
     assert not (tmp_path / "out").exists()
 
 
+def test_front_end_without_window_overlap_is_refused(tmp_path: Path) -> None:
+    front = MFCC(sample_rate=SAMPLE_RATE, n_fft=256, hop_length=256, n_mels=32, n_mfcc=20)
+    with pytest.raises(ValueError, match="cannot be turned back into audio.*hop_length <= n_fft // 2"):
+        reconstruct(_synset(front), tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
 def test_missing_or_mismatched_experts_are_skipped(tmp_path: Path) -> None:
     synset = _synset(_small(MFCC))
     missing = reconstruct(synset, tmp_path / "a", n_iter=2, expert_dir=tmp_path / "nowhere")
@@ -202,6 +209,19 @@ def test_callback_writes_audio_tree(tmp_path: Path) -> None:
             assert sf.info(wav).samplerate == data.sample_rate
         assert (root / "spectrograms.png").is_file()
     assert (distilled / "synset.safetensors").is_file()  # the distiller's own export still happens
+
+
+def test_callback_refuses_an_uninvertible_set_before_training(tmp_path: Path) -> None:
+    features = FeatureConfig(n_fft=256, hop_length=256, n_mels=20, n_mfcc=10)
+    data = SyntheticSounds(train_per_class=2, val_per_class=1, test_per_class=1, duration=0.25, features=features)
+    model = _Nudge(data.feature_shape, data.num_classes)
+    trainer = L.Trainer(
+        max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
+        default_root_dir=tmp_path, callbacks=[AudioReconstruction()], limit_val_batches=0,
+    )
+    with pytest.raises(ValueError, match="cannot be turned back into audio"):
+        trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 0
 
 
 def test_yaml_spec_builds_the_callback() -> None:
