@@ -1,0 +1,86 @@
+"""Run the evaluation protocol on a saved distilled set.
+
+    python -m ddlight.evaluation --synset runs/mtt_synthetic/version_0/distilled \\
+        --data configs/data/synthetic.yaml [--architectures [convnet,resnet18]] [--repeats 5] [--out DIR]
+
+The real dataset (``--data``: a DataModule YAML with ``class_path``/``init_args``) must be configured as
+when distilling; its training split is the pool of the random / herding / k-center baselines and its
+test split is where every network is tested. Writes ``evaluation.json`` and ``evaluation.md`` into
+``--out`` (default: the run directory that holds the distilled folder) — the same code path as the
+:class:`~ddlight.callbacks.SynsetEvaluator` callback. This entry point is a face of the package, like
+``ddlight.cli``: it is the one module of :mod:`ddlight.evaluation` that knows about DataModules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import CLI
+
+from ddlight.augment import SpecAugment
+from ddlight.data.base import AudioDataModule
+from ddlight.data.synset import SynsetDataModule
+from ddlight.evaluation.report import build_report, markdown_table, write_report
+from ddlight.evaluation.suite import BASELINES, evaluate_synset
+
+
+def run(
+    synset: str,
+    data: AudioDataModule,
+    architectures: list[str] | None = None,
+    repeats: int = 5,
+    epochs: int = 300,
+    lr: float = 0.01,
+    batch_size: int = 256,
+    baselines: list[str] | None = None,
+    augment: bool = True,
+    network_options: dict[str, dict[str, Any]] | None = None,
+    expert_dir: str | None = None,
+    out: str | None = None,
+    seed: int = 0,
+    device: str = "cuda" if torch.cuda.is_available() else "cpu",
+) -> dict[str, Any]:
+    """Evaluate the distilled set in ``synset`` against real baselines and write the report.
+
+    Args:
+        synset: Folder of the distilled set (``synset.safetensors`` + ``manifest.json``).
+        data: The real DataModule the set was distilled from.
+        architectures: Networks to evaluate (default: convnet).
+        repeats: Fresh networks per architecture and set.
+        epochs: Training epochs of each network.
+        lr: Initial SGD learning rate (×0.1 at half the epochs).
+        batch_size: Minibatch size.
+        baselines: Real-subset baselines (default: random, herding, kcenter).
+        augment: Train with SpecAugment.
+        network_options: Constructor options per architecture.
+        expert_dir: Expert trajectories for the herding / k-center embedding.
+        out: Output folder (default: the parent of ``synset``).
+        seed: Base seed.
+        device: Where to train.
+
+    Returns:
+        The report written to ``evaluation.json``.
+    """
+    synset_dm = SynsetDataModule(synset, real=data)
+    synset_dm.setup("fit")
+    distilled = synset_dm.synset
+    train_x, train_y = data.split_features("train", device=device)
+    test_x, test_y = data.split_features("test", device=device)
+    results = evaluate_synset(
+        distilled.features, distilled.targets, train_x, train_y, test_x, test_y, distilled.manifest["ipc"],
+        architectures=architectures or ["convnet"], baselines=list(BASELINES) if baselines is None else baselines,
+        repeats=repeats, network_options=network_options, epochs=epochs, lr=lr, batch_size=batch_size,
+        augment=SpecAugment() if augment else None, expert_dir=expert_dir, seed=seed, device=device,
+    )
+    manifest = distilled.manifest
+    report = build_report(manifest.get("dataset", data.name), manifest.get("method", "unknown"), manifest["ipc"], manifest.get("features"), results)
+    paths = write_report(Path(out) if out else Path(synset).resolve().parent, report)
+    print(markdown_table(report), end="")
+    print(f"evaluation written to {paths[0]} and {paths[1]}")
+    return report
+
+
+if __name__ == "__main__":
+    CLI(run, as_positional=False)
