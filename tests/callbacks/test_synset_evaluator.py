@@ -61,3 +61,10 @@ def test_writes_evaluation_report(tmp_path: Path, capsys: pytest.CaptureFixture)
 def test_unknown_baseline_is_refused() -> None:
     with pytest.raises(ValueError, match="coreset"):
         SynsetEvaluator(baselines=["coreset"])
+
+
+def test_feature_grid_png() -> None:
+    from ddlight.callbacks.synset_evaluator import feature_grid_png
+
+    png = feature_grid_png(torch.randn(6, 3, 8, 10), torch.tensor([0, 0, 1, 1, 2, 2]), ["a", "b", "c"], per_class=2)
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
