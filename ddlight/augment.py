@@ -65,7 +65,8 @@ class SpecAugment(nn.Module):
             raise ValueError(f"p must be in [0, 1], got {p}")
         if shift_mode not in ("roll", "zero"):
             raise ValueError(f"shift_mode must be 'roll' or 'zero', got {shift_mode!r}")
-        for name, value in {"max_shift": max_shift, "max_time_mask": max_time_mask, "max_freq_mask": max_freq_mask}.items():
+        fractions = {"max_shift": max_shift, "max_time_mask": max_time_mask, "max_freq_mask": max_freq_mask}
+        for name, value in fractions.items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a fraction in [0, 1], got {value}")
         if min(time_masks, freq_masks) < 0 or min(gain, noise) < 0:

@@ -24,7 +24,8 @@ class SynsetEvaluator(Callback):
     :func:`~ddlight.evaluation.evaluate_synset` (synthetic + ``baselines``, ``repeats`` networks per
     architecture, last-epoch accuracy), logs ``eval/<arch>_acc`` (and ``eval/<arch>_<baseline>_acc``) to
     the trainer's loggers, and at the end writes ``evaluation.json``/``evaluation.md`` into
-    ``trainer.log_dir`` and prints the table and paths (at ``on_fit_end``, after the distiller's export). With a :class:`WandbLogger` it also logs a
+    ``trainer.log_dir`` and prints the table and paths (at ``on_fit_end``, after the distiller's
+    export). With a :class:`WandbLogger` it also logs a
     results table and an image grid of the synthetic features per class. Runs on rank 0 only.
 
     Args:
@@ -75,14 +76,16 @@ class SynsetEvaluator(Callback):
         self.seed = seed
         self.paths: tuple[Path, Path] | None = None
         self._table = ""
+        self._real: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         self._last_step = -1
 
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, baselines: list[str]) -> tuple[Any, list]:
         synset = pl_module.to_synset()
         device = pl_module.device
-        dm = trainer.datamodule
-        train_x, train_y = dm.split_features("train", device=device)
-        test_x, test_y = dm.split_features("test", device=device)
+        if self._real is None:  # the real features do not change during a run: compute them once
+            dm = trainer.datamodule
+            self._real = (*dm.split_features("train", device=device), *dm.split_features("test", device=device))
+        train_x, train_y, test_x, test_y = self._real
         results = evaluate_synset(
             synset.features, synset.targets, train_x, train_y, test_x, test_y, synset.manifest["ipc"],
             architectures=self.architectures, baselines=baselines, repeats=self.repeats,
@@ -93,11 +96,15 @@ class SynsetEvaluator(Callback):
         metrics = {}
         for row in results:
             for name in ["synthetic", *baselines]:
-                key = f"eval/{row['architecture']}_acc" if name == "synthetic" else f"eval/{row['architecture']}_{name}_acc"
-                metrics[key] = row[name]["mean"]
+                suffix = "acc" if name == "synthetic" else f"{name}_acc"
+                metrics[f"eval/{row['architecture']}_{suffix}"] = row[name]["mean"]
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         return synset, results
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._real = None
+        self._last_step = -1
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -114,7 +121,10 @@ class SynsetEvaluator(Callback):
             return
         synset, results = self._evaluate(trainer, pl_module, self.baselines)
         manifest = synset.manifest
-        report = build_report(manifest.get("dataset", "unknown"), manifest.get("method", type(pl_module).__name__.lower()), manifest["ipc"], manifest.get("features"), results)
+        report = build_report(
+            manifest.get("dataset", "unknown"), manifest.get("method", type(pl_module).__name__.lower()),
+            manifest["ipc"], manifest.get("features"), results,
+        )
         self.paths = write_report(Path(trainer.log_dir or "."), report)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
@@ -128,7 +138,9 @@ class SynsetEvaluator(Callback):
             print(f"evaluation written to {self.paths[0]} and {self.paths[1]}")
 
 
-def feature_grid_png(features: Tensor, labels: Tensor, classes: list[str] | None = None, per_class: int = 4) -> bytes:
+def feature_grid_png(
+    features: Tensor, labels: Tensor, classes: list[str] | None = None, per_class: int = 4
+) -> bytes:
     """PNG of the first channel of up to ``per_class`` synthetic samples per class (rows: classes)."""
     import matplotlib
 
@@ -143,7 +155,8 @@ def feature_grid_png(features: Tensor, labels: Tensor, classes: list[str] | None
         for k, ax in enumerate(axes[c]):
             ax.set_axis_off()
             if k < len(idx):
-                ax.imshow(features[idx[k], 0].detach().float().cpu().numpy(), origin="lower", aspect="auto", cmap="magma")
+                image = features[idx[k], 0].detach().float().cpu().numpy()
+                ax.imshow(image, origin="lower", aspect="auto", cmap="magma")
         axes[c][0].set_title(classes[c] if classes else str(c), fontsize=7, loc="left")
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -152,13 +165,17 @@ def feature_grid_png(features: Tensor, labels: Tensor, classes: list[str] | None
     return buffer.getvalue()
 
 
-def _log_wandb(logger: WandbLogger, report: dict[str, Any], features: Tensor, labels: Tensor, classes: list[str] | None) -> None:
+def _log_wandb(
+    logger: WandbLogger, report: dict[str, Any], features: Tensor, labels: Tensor, classes: list[str] | None
+) -> None:
     """A W&B table of the results and an image of the synthetic features per class."""
     import wandb
     from PIL import Image
 
     columns = [c for c in ("synthetic", *BASELINES) if c in report["results"][0]]
-    rows = [[r["architecture"], *(r[c]["mean"] for c in columns), *(r[c]["std"] for c in columns)] for r in report["results"]]
+    rows = [
+        [r["architecture"], *(r[c]["mean"] for c in columns), *(r[c]["std"] for c in columns)] for r in report["results"]
+    ]
     table = wandb.Table(columns=["architecture", *columns, *(f"{c}_std" for c in columns)], data=rows)
     image = Image.open(io.BytesIO(feature_grid_png(features, labels, classes)))
     logger.experiment.log({"eval/results": table, "eval/synthetic_features": wandb.Image(image)})

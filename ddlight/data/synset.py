@@ -77,7 +77,11 @@ class SynsetDataModule(L.LightningDataModule):
             "feature_shape": list(self.feature_shape),
             "classes": self.classes,
         }
-        theirs = {"features": real.features.config(), "feature_shape": list(real.feature_shape), "classes": list(real.classes)}
+        theirs = {
+            "features": real.features.config(),
+            "feature_shape": list(real.feature_shape),
+            "classes": list(real.classes),
+        }
         differ = [k for k in ours if ours[k] != theirs[k]]
         if differ:
             details = "; ".join(f"{k}: synset {ours[k]} vs real {theirs[k]}" for k in differ)
@@ -92,11 +96,13 @@ class SynsetDataModule(L.LightningDataModule):
             return
         self.real.setup(stage)
         mean, std = self.real.features.mean.cpu(), self.real.features.std.cpu()
-        if not (torch.allclose(mean, self.synset.mean, rtol=1e-3, atol=1e-4) and torch.allclose(std, self.synset.std, rtol=1e-3, atol=1e-4)):
+        close = {"rtol": 1e-3, "atol": 1e-4}
+        if not (torch.allclose(mean, self.synset.mean, **close) and torch.allclose(std, self.synset.std, **close)):
             raise ValueError(
                 f"the real data's feature normalisation differs from the one the set in {self.path} was "
                 f"distilled in (max |Δmean| {float((mean - self.synset.mean).abs().max()):.3g}, "
-                f"max |Δstd| {float((std - self.synset.std).abs().max()):.3g}): is it the same dataset and training split?"
+                f"max |Δstd| {float((std - self.synset.std).abs().max()):.3g}): "
+                f"is it the same dataset and training split?"
             )
 
     def targets(self) -> torch.Tensor:

@@ -75,7 +75,10 @@ def run(
         augment=SpecAugment() if augment else None, expert_dir=expert_dir, seed=seed, device=device,
     )
     manifest = distilled.manifest
-    report = build_report(manifest.get("dataset", data.name), manifest.get("method", "unknown"), manifest["ipc"], manifest.get("features"), results)
+    report = build_report(
+        manifest.get("dataset", data.name), manifest.get("method", "unknown"), manifest["ipc"],
+        manifest.get("features"), results,
+    )
     paths = write_report(Path(out) if out else Path(synset).resolve().parent, report)
     print(markdown_table(report), end="")
     print(f"evaluation written to {paths[0]} and {paths[1]}")
