@@ -1,7 +1,9 @@
 """Run the evaluation protocol on a saved distilled set.
 
     python -m ddlight.evaluation --synset runs/mtt_synthetic/version_0/distilled \\
-        --data configs/data/synthetic.yaml [--architectures [convnet,resnet18]] [--repeats 5] [--out DIR]
+        --data configs/data/synthetic.yaml [--architectures convnet resnet18] [--repeats 5] [--out DIR]
+
+``python -m ddlight.evaluation --help`` lists every option (epochs, lr, baselines, expert_dir, ...).
 
 The real dataset (``--data``: a DataModule YAML with ``class_path``/``init_args``) must be configured as
 when distilling; its training split is the pool of the random / herding / k-center baselines and its
@@ -13,11 +15,12 @@ test split is where every network is tested. Writes ``evaluation.json`` and ``ev
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import CLI
+from jsonargparse import ArgumentParser
 
 from ddlight.augment import SpecAugment
 from ddlight.data.base import AudioDataModule
@@ -85,5 +88,15 @@ def run(
     return report
 
 
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    """Parse the command line (``args``: for tests) and :func:`run` the protocol."""
+    parser = ArgumentParser(prog="python -m ddlight.evaluation", description=__doc__.split("\n\n")[0])
+    parser.add_function_arguments(run, skip={"architectures", "baselines"})
+    parser.add_argument("--architectures", nargs="+", default=["convnet"], help="Networks to evaluate.")
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES), help="Real-subset baselines.")
+    init = parser.instantiate(parser.parse_args(args))
+    return run(**{name: init[name] for name in inspect.signature(run).parameters})
+
+
 if __name__ == "__main__":
-    CLI(run, as_positional=False)
+    main()

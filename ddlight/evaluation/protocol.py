@@ -88,7 +88,8 @@ def fit_network(
     if len(train_x) == 0 or len(train_x) != len(train_targets):
         raise ValueError(f"{len(train_x)} training samples but {len(train_targets)} targets")
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    rng_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices), torch.enable_grad():  # callers may be under no_grad
         torch.manual_seed(seed)
         network = build_network(architecture, train_x.shape[1:], num_classes, **dict(network_options or {})).to(device)
         optimizer = torch.optim.SGD(network.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)

@@ -11,7 +11,7 @@ import torch
 from ddlight.cli import main
 from ddlight.data.synthetic import SyntheticSounds
 from ddlight.distillers.base import Synset, save_synset
-from ddlight.evaluation.__main__ import run
+from ddlight.evaluation.__main__ import main as main_evaluation
 from ddlight.features import FeatureConfig
 
 CONFIG = Path(__file__).parents[2] / "configs" / "synset_eval.yaml"
@@ -34,11 +34,15 @@ def synset_dir(tmp_path: Path) -> Path:
     return save_synset(tmp_path / "run" / "distilled", Synset(x[idx], y[idx], data.features.mean, data.features.std, manifest))
 
 
-def test_run_writes_report_next_to_the_distilled_folder(synset_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    report = run(str(synset_dir), tiny(), repeats=2, epochs=2, baselines=["random"], device="cpu",
-                 network_options={"convnet": {"width": 8, "depth": 1}})
+def test_command_writes_report_next_to_the_distilled_folder(synset_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    data = ["--data", "ddlight.data.synthetic.SyntheticSounds", "--data.features.hop_length=512"]
+    data += [f"--data.{k}={v}" for k, v in TINY.items()]
+    report = main_evaluation(["--synset", str(synset_dir), *data, "--architectures", "convnet", "mlp",
+                              "--baselines", "random", "--repeats", "2", "--epochs", "2", "--device", "cpu",
+                              "--network_options", "{convnet: {width: 8, depth: 1}}"])
     written = json.loads((synset_dir.parent / "evaluation.json").read_text())
     assert written == report and written["ipc"] == 2 and written["method"] == "test"
+    assert [row["architecture"] for row in written["results"]] == ["convnet", "mlp"]
     assert list(written["results"][0]) == ["architecture", "synthetic", "random"]
     assert len(written["results"][0]["synthetic"]["runs"]) == 2
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("evaluation written to")
