@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,68 @@ def load_trajectories(
     if not experts:
         raise FileNotFoundError(f"{manifest_path} lists no experts; record some with the expert config")
     return manifest, experts
+
+
+SYNSET_FILE = "synset.safetensors"
+
+
+@dataclass
+class Synset:
+    """A distilled set loaded from disk.
+
+    Attributes:
+        features: Synthetic features ``[N, C, F, T]`` in the normalised feature space.
+        targets: Hard labels ``[N]`` (int64) or soft label distributions ``[N, K]`` (float).
+        mean: Feature normalisation mean ``[C, F, 1]`` of the source data.
+        std: Feature normalisation std ``[C, F, 1]``.
+        manifest: Everything else (classes, feature config, ipc, method, ...).
+    """
+
+    features: Tensor
+    targets: Tensor
+    mean: Tensor
+    std: Tensor
+    manifest: dict[str, Any]
+
+    @property
+    def labels(self) -> Tensor:
+        """Hard labels ``[N]`` (argmax of soft targets)."""
+        return self.targets if self.targets.dim() == 1 else self.targets.argmax(-1)
+
+
+def save_synset(directory: str | Path, synset: Synset) -> Path:
+    """Write ``synset.safetensors`` and ``manifest.json`` into ``directory`` (atomically, each)."""
+    directory = Path(directory)
+    tensors = {"features": synset.features, "targets": synset.targets, "mean": synset.mean, "std": synset.std}
+    save_tensors(directory / SYNSET_FILE, tensors, metadata={"format": "ddlight-synset-1"})
+    save_json(directory / MANIFEST, synset.manifest)
+    return directory
+
+
+def load_synset(directory: str | Path) -> Synset:
+    """Read a distilled set written by :func:`save_synset` (no pickle: safetensors + JSON).
+
+    Raises:
+        FileNotFoundError: If ``directory`` lacks the synset or its manifest.
+        ValueError: If the tensors disagree with the manifest.
+    """
+    directory = Path(directory)
+    for name in (SYNSET_FILE, MANIFEST):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(
+                f"{directory / name} not found: a distilled set folder holds {SYNSET_FILE} and {MANIFEST} "
+                f"(written to <run dir>/distilled/ by every distillation run)"
+            )
+    tensors = load_tensors(directory / SYNSET_FILE)
+    manifest = load_json(directory / MANIFEST)
+    missing = {"features", "targets", "mean", "std"} - set(tensors)
+    if missing:
+        raise ValueError(f"{directory / SYNSET_FILE} lacks tensors {sorted(missing)}")
+    synset = Synset(tensors["features"], tensors["targets"], tensors["mean"], tensors["std"], manifest)
+    expected = tuple(manifest.get("feature_shape", synset.features.shape[1:]))
+    if tuple(synset.features.shape[1:]) != expected or len(synset.features) != len(synset.targets):
+        raise ValueError(
+            f"{directory}: features {tuple(synset.features.shape)} and targets {tuple(synset.targets.shape)} "
+            f"do not match the manifest's feature_shape {expected}"
+        )
+    return synset

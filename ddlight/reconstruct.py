@@ -54,7 +54,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ddlight.distillers.base import Synset, load_synset
+from ddlight.io import Synset, load_synset
 from ddlight.features import AudioFeatures, build_features
 from ddlight.features.griffin_lim import consistency_projection, stft
 from ddlight.features.inversion import spectral_convergence

@@ -27,7 +27,7 @@ from ddlight.data.base import AudioDataModule
 
 # The distilled-set format is written by the distillers; reading it here is the one place data/ looks
 # at distillers/ (format only, no method code).
-from ddlight.distillers.base import Synset, load_synset
+from ddlight.io import Synset, load_synset
 
 
 class SynsetDataModule(L.LightningDataModule):
