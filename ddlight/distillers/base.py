@@ -127,6 +127,7 @@ class Distiller(L.LightningModule):
         return save_synset(directory, self.to_synset())
 
     def on_train_end(self) -> None:
+        directory = Path(self.trainer.log_dir or ".") / "distilled"  # on every rank: log_dir broadcasts under DDP
         if self.trainer.is_global_zero:
-            path = self.export()
+            path = self.export(directory)
             print(f"distilled set written to {path}")
