@@ -31,6 +31,7 @@ endif
 
 demo: install
 	$(ENV_PYTHON) -m ddlight fit --config configs/expert_synthetic.yaml
+	$(ENV_PYTHON) -m ddlight fit --config configs/mtt_synthetic.yaml
 
 test: install
 	$(ENV_PYTHON) -m pytest
