@@ -398,11 +398,11 @@ class ActiveLearner(L.LightningModule):
                 "to at least the number of budgets); the results cover the budgets done",
                 stacklevel=2,
             )
-        self._write_results()
+        # trainer.log_dir is a collective under DDP: every rank asks, rank zero writes
+        self._write_results(Path(self.hparams.output_dir or self.trainer.log_dir or self.trainer.default_root_dir))
 
     @rank_zero_only
-    def _write_results(self) -> None:
-        directory = Path(self.hparams.output_dir or self.trainer.log_dir or self.trainer.default_root_dir)
+    def _write_results(self, directory: Path) -> None:
         datamodule = self.trainer.datamodule
         results = build_results(
             dataset=getattr(datamodule, "name", type(datamodule).__name__),
