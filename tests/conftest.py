@@ -154,3 +154,9 @@ def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own temporary folder, so nothing lands in the checkout (run dirs, experts)."""
+    monkeypatch.chdir(tmp_path)

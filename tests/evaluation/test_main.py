@@ -19,7 +19,7 @@ TINY = {"train_per_class": 3, "val_per_class": 1, "test_per_class": 2, "duration
 
 
 def tiny() -> SyntheticSounds:
-    return SyntheticSounds(**TINY, features=FeatureConfig(hop_length=512))
+    return SyntheticSounds(**TINY, features=FeatureConfig(n_fft=1024, hop_length=512))
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def synset_dir(tmp_path: Path) -> Path:
 
 
 def test_command_writes_report_next_to_the_distilled_folder(synset_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    data = ["--data", "ddlight.data.synthetic.SyntheticSounds", "--data.features.hop_length=512"]
+    data = ["--data", "ddlight.data.synthetic.SyntheticSounds", "--data.features.hop_length=512", "--data.features.n_fft=1024"]
     data += [f"--data.{k}={v}" for k, v in TINY.items()]
     report = main_evaluation(["--synset", str(synset_dir), *data, "--architectures", "convnet", "mlp",
                               "--baselines", "random", "--repeats", "2", "--epochs", "2", "--device", "cpu",
