@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddlight.evaluation.protocol import soft_cross_entropy
 from ddlight.io import Synset, load_synset, save_synset
 
-__all__ = ["Distiller", "Synset", "load_synset", "save_synset"]
+__all__ = ["Distiller", "Synset", "load_synset", "save_synset", "soft_cross_entropy"]
 
 class Distiller(L.LightningModule):
     """Base class of dataset distillers: the synthetic set as parameters, its labels and its export.
@@ -64,12 +65,6 @@ class Distiller(L.LightningModule):
         if self.label_logits is not None:
             return self.label_logits.softmax(-1)
         return self.labels
-
-    def soft_cross_entropy(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Cross-entropy against hard labels ``[B]`` or soft distributions ``[B, K]``."""
-        if targets.dim() == 1:
-            return F.cross_entropy(logits, targets)
-        return -(targets * logits.log_softmax(-1)).sum(-1).mean()
 
     @torch.no_grad()
     def initialize_from(self, features: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ddlight.augment import SpecAugment
-from ddlight.distillers.base import Distiller, Synset
+from ddlight.distillers.base import Distiller, Synset, soft_cross_entropy
 from ddlight.io import load_trajectories
 from ddlight.networks import build_network
 
@@ -206,7 +206,7 @@ class MTT(Distiller):
         for step in range(self.hparams.syn_steps):
             idx = order[step * batch : (step + 1) * batch].to(x.device)
             logits = functional_call(self.student, self.unflatten(params), (self.augment(x[idx]),))
-            loss = self.soft_cross_entropy(logits, y[idx])
+            loss = soft_cross_entropy(logits, y[idx])
             (grad,) = torch.autograd.grad(loss, params, create_graph=True)
             params = params - self.syn_lr * grad
         return params
