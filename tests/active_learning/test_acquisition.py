@@ -284,7 +284,7 @@ class TestShardedScoring:
                 pytest.fail("2-process gloo run did not finish within 60 s")
         expected = [_sharded_scores(pool) for pool in _pools()]
         for rank in range(2):
-            results = torch.load(tmp_path / f"rank{rank}.pt")
+            results = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
             assert [r.shape[0] for r in results] == [7, 8, 1]
             for got, want in zip(results, expected, strict=True):
                 torch.testing.assert_close(got, want)

@@ -228,7 +228,7 @@ def test_two_process_ddp_pool_scoring(tmp_path: Path) -> None:
             for process in ctx.processes:
                 process.kill()
             pytest.fail("2-process gloo run did not finish within 60 s")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0] == ranks[1]  # every rank acquires the same items, BALD's MC masks included
     assert ranks[0]["entropy"] == _acquisitions()["entropy"]  # sharded = unsharded scoring
     for picks in ranks[0].values():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -144,12 +145,16 @@ def test_two_process_averaged_gradient_equals_union_batch_gradient(tmp_path: Pat
         port = s.getsockname()[1]
     out = tmp_path / "grads.pt"
     context = mp.start_processes(_ddp_worker, args=(port, str(out)), nprocs=2, join=False, start_method="spawn")
-    while not context.join(timeout=60):
-        pass
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):  # False until every worker has exited
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("2-process gloo run did not finish within 120 s")
     model = tiny(learn_labels=True)
     x, y = real_batch()
     _, _, expected = model.gradients(x, y, step=5)
-    distributed = torch.load(out)
+    distributed = torch.load(out, weights_only=True)
     assert len(distributed) == len(expected) == 3
     for got, want in zip(distributed, expected):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
