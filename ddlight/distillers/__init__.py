@@ -1,1 +1,7 @@
-"""ddlight.distillers."""
+"""Dataset distillers: LightningModules whose trainable state is the synthetic set."""
+
+from ddlight.distillers.base import Distiller
+from ddlight.distillers.mtt import MTT
+from ddlight.distillers.rfad import RFAD
+
+__all__ = ["MTT", "RFAD", "Distiller"]
