@@ -9,6 +9,7 @@ link them into the model.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import hashlib
 import math
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ class WaveformDataset(Dataset):
         return wave, torch.tensor(int(self.data.labels[index]), dtype=torch.long)
 
 
-class AudioDataModule(L.LightningDataModule):
+class AudioDataModule(L.LightningDataModule, ABC):
     """Fixed-length mono audio at one sample rate, with an on-device feature front end.
 
     Subclasses set :attr:`classes` in ``__init__`` and implement :meth:`load_splits`.
@@ -111,9 +112,9 @@ class AudioDataModule(L.LightningDataModule):
         return self.features.output_shape(self.num_samples)
 
     # --------------------------------------------------------------------------------------- loading
+    @abstractmethod
     def load_splits(self) -> dict[str, WaveformSet]:
         """Return the ``train``, ``val`` and ``test`` splits (subclasses implement this)."""
-        raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
         """Load the splits once and fit the feature normalisation on the training split."""

@@ -15,6 +15,7 @@ columns) and :func:`fold_splits` / :func:`check_disjoint` (predefined folds, nev
 
 from __future__ import annotations
 
+from abc import abstractmethod
 import csv
 import hashlib
 import json
@@ -172,13 +173,13 @@ class FileAudioDataModule(AudioDataModule):
         self._file_lists: dict[str, FileList] | None = None
 
     # ------------------------------------------------------------------------------ subclass hooks
+    @abstractmethod
     def file_lists(self) -> dict[str, FileList]:
         """``(path, label)`` pairs of each split (``train``, ``val``, ``test``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _check_root(self) -> None:
         """Raise :class:`FileNotFoundError` naming the expected layout if ``root`` does not hold it."""
-        raise NotImplementedError
 
     def generated_clips(self, split: str, labels: np.ndarray) -> WaveformSet | None:
         """Clips synthesised rather than read, appended to ``split`` (none by default).

@@ -8,6 +8,7 @@ per-(channel, bin) normalisation statistics are buffers computed once from the t
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -20,7 +21,7 @@ from ddlight.features.griffin_lim import griffin_lim
 from ddlight.features.inversion import mel_to_linear
 
 
-class AudioFeatures(nn.Module):
+class AudioFeatures(nn.Module, ABC):
     """Log-mel based feature extractor with stored normalisation statistics.
 
     Subclasses implement :meth:`extract` (waveform → raw features), :meth:`features_to_log_mel` (its
@@ -123,9 +124,9 @@ class AudioFeatures(nn.Module):
             db = torch.maximum(db, peak - self.top_db)
         return db
 
+    @abstractmethod
     def extract(self, waveform: Tensor) -> Tensor:
         """Raw (unnormalised) features ``[B, C, F, T]`` of waveforms ``[B, L]``."""
-        raise NotImplementedError
 
     def normalize(self, features: Tensor) -> Tensor:
         """Apply the stored per-(channel, bin) standardisation."""
@@ -166,9 +167,9 @@ class AudioFeatures(nn.Module):
         self.std.copy_(var.sqrt().clamp_min(1e-5).float())
         self.fitted.fill_(True)
 
+    @abstractmethod
     def features_to_log_mel(self, features: Tensor) -> Tensor:
         """dB log-mel ``[B, n_mels, T]`` of raw (unnormalised) features ``[B, C, F, T]``."""
-        raise NotImplementedError
 
     def log_mel_to_audio(
         self,

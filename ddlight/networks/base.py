@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ def as_in_shape(in_shape: Sequence[int]) -> InShape:
     return shape  # type: ignore[return-value]
 
 
-class AudioNetwork(nn.Module):
+class AudioNetwork(nn.Module, ABC):
     """A classifier of audio features ``[B, C, F, T]``: ``forward(x) = classifier(embed(x))``.
 
     Subclasses build ``self.classifier`` (input size ``self.embed_dim``) and implement
@@ -61,6 +62,7 @@ class AudioNetwork(nn.Module):
         self.in_shape = as_in_shape(in_shape)
         self.num_classes = int(num_classes)
 
+    @abstractmethod
     def embed(self, x: Tensor) -> Tensor:
         """Features before the final linear layer.
 
@@ -70,7 +72,6 @@ class AudioNetwork(nn.Module):
         Returns:
             Embeddings ``[B, embed_dim]``.
         """
-        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits.
