@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import http.server
+import json
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -121,6 +122,29 @@ def esc50_root(tmp_path: Path) -> Path:
             rows.append([name, fold, target, category, target != 2, f"{1000 + target}.ogg", "A"])
     header = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
     write_csv(root / "meta" / "esc50.csv", header, rows)
+    return root
+
+
+AUDIOMNIST_SPEAKERS = ["01", "02", "03", "04", "05"]  # one per official speaker group: 3 train, 1 val, 1 test
+AUDIOMNIST_DIGITS = [0, 3, 7, 9]
+
+
+@pytest.fixture
+def audiomnist_root(tmp_path: Path) -> Path:
+    """AudioMNIST layout: five speakers (one per official group) × four digits × two repetitions, 48 kHz.
+
+    Clip ``<digit>_<speaker>_<index>.wav`` lasts ``0.2 + 0.05 * index`` s (0.2 or 0.25 s).
+    """
+    root = tmp_path / "AudioMNIST-master"
+    meta = {}
+    for s, speaker in enumerate(AUDIOMNIST_SPEAKERS):
+        meta[speaker] = {"accent": "German", "age": 20 + s, "gender": ["male", "female"][s % 2]}
+        for digit in AUDIOMNIST_DIGITS:
+            for index in range(2):
+                path = root / "data" / speaker / f"{digit}_{speaker}_{index}.wav"
+                freq = 200 + 60 * digit + 10 * s
+                write_wav(path, freq=freq, sample_rate=48000, seconds=0.2 + 0.05 * index, subtype="PCM_16")
+    (root / "data" / "audioMNIST_meta.txt").write_text(json.dumps(meta, indent=4))
     return root
 
 

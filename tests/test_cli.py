@@ -83,7 +83,12 @@ def test_expert_synthetic_records_trajectories(tmp_path: Path, monkeypatch: pyte
 
 @pytest.mark.parametrize(
     ("config", "fixture"),
-    [("expert_gsc.yaml", "gsc_root"), ("expert_us8k.yaml", "us8k_root"), ("expert_esc50.yaml", "esc50_root")],
+    [
+        ("expert_gsc.yaml", "gsc_root"),
+        ("expert_us8k.yaml", "us8k_root"),
+        ("expert_esc50.yaml", "esc50_root"),
+        ("expert_audiomnist.yaml", "audiomnist_root"),
+    ],
 )
 def test_expert_configs_on_official_layouts(
     config: str, fixture: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -2,6 +2,7 @@
 
 from ddlight.data.audio_folder import AudioFolder
 from ddlight.data.audio_io import AudioDecodeError, load_audio, read_audio
+from ddlight.data.audiomnist import AudioMNIST
 from ddlight.data.base import SPLITS, AudioDataModule, WaveformDataset, WaveformSet
 from ddlight.data.download import DownloadInfo, download_and_extract
 from ddlight.data.esc50 import ESC50
@@ -15,6 +16,7 @@ __all__ = [
     "AudioDataModule",
     "AudioDecodeError",
     "AudioFolder",
+    "AudioMNIST",
     "DownloadInfo",
     "FileAudioDataModule",
     "SpeechCommands",
