@@ -1,7 +1,8 @@
 """Dataset distillers: LightningModules whose trainable state is the synthetic set."""
 
 from ddlight.distillers.base import Distiller
+from ddlight.distillers.inversion import FRAMI
 from ddlight.distillers.mtt import MTT
 from ddlight.distillers.rfad import RFAD
 
-__all__ = ["MTT", "RFAD", "Distiller"]
+__all__ = ["FRAMI", "MTT", "RFAD", "Distiller"]

@@ -18,6 +18,7 @@ from ddlight.networks.convnet import ConvNet
 from ddlight.networks.kws import TCResNet8
 from ddlight.networks.mlp import MLP
 from ddlight.networks.resnet import ResNet, resnet18
+from ddlight.networks.statpool import HiddenStates, StatsPoolTDNN, statistics_pooling
 from ddlight.networks.vgg import VGG, vgg11
 
 #: Network builders by name; each takes ``(in_shape, num_classes, **options)``.
@@ -28,6 +29,7 @@ NETWORKS: dict[str, Callable[..., AudioNetwork]] = {
     "mlp": MLP,
     "tcresnet8": TCResNet8,
     "cnn4": CNN4,
+    "statpool": StatsPoolTDNN,
 }
 
 
@@ -84,12 +86,15 @@ __all__ = [
     "VGG",
     "AudioNetwork",
     "ConvNet",
+    "HiddenStates",
     "InShape",
     "ResNet",
+    "StatsPoolTDNN",
     "TCResNet8",
     "as_in_shape",
     "build_network",
     "network_options",
     "resnet18",
+    "statistics_pooling",
     "vgg11",
 ]

@@ -1,0 +1,418 @@
+"""FRAMI: data-free distillation by feature-rich audio model inversion (Kang et al., ICASSP 2023).
+
+No real training sample reaches a loss. From a trained teacher alone:
+
+1. **Inversion.** Synthetic features (Mel-spectrograms or whatever front end the data config names) of
+   every class are optimised — directly, or through a conditional generator — so that the teacher
+
+   * classifies them as their target class (cross-entropy),
+   * sees batch statistics equal to the running statistics of each of its batch-norm layers
+     (DeepInversion, Yin et al., CVPR 2020: ``||mu_l(x) - mu_l|| + ||var_l(x) - var_l||`` per layer),
+   * maps two augmented views of one sample close together and different samples apart in its
+     embedding space (the feature-invariant contrastive loss: NT-Xent over the embeddings of
+     ``2B`` views; it makes the samples robust to the augmentations and diverse).
+
+2. **Knowledge distillation.** A student (by default a narrower statistics-pooling TDNN) learns from
+   the teacher's softened outputs on augmented synthetic inputs and, with hidden-state reuse, from the
+   teacher's hidden states before and after its statistics-pooling layer
+   (:func:`ddlight.distillers.kd.distil_student`).
+
+3. **Evaluation.** ``student_repeats`` students (seeds 0, 1, ...) are tested on the real test split
+   (last step, mean ± std) next to the teacher; ``frami.json`` / ``frami.md`` go to the run folder.
+
+The synthetic set is exported like every distilled set (``distilled/synset.safetensors``), so
+:mod:`ddlight.reconstruct` turns it into audio and :class:`~ddlight.callbacks.SynsetEvaluator` can train
+fresh networks on it. The DataModule's training loader only paces Lightning's loop: its batches are
+dropped unread. Its training split is still read once, by the DataModule, to fit the feature
+normalisation; FRAMI checks that this equals the normalisation stored with the teacher.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ddlight.augment import SpecAugment
+from ddlight.distillers.base import Distiller, Synset
+from ddlight.distillers.kd import distil_student, has_hidden_states
+from ddlight.evaluation import accuracy, summarize
+from ddlight.io import atomic_write, save_json
+from ddlight.networks import AudioNetwork, build_network
+from ddlight.networks.export import load_network
+
+REPORT_JSON = "frami.json"
+REPORT_MD = "frami.md"
+
+
+# ------------------------------------------------------------------------------------------ losses
+@contextmanager
+def batchnorm_statistics_loss(network: nn.Module) -> Iterator[list[Tensor]]:
+    """Collect DeepInversion's statistics-matching term of every batch-norm layer during forwards.
+
+    Inside the ``with`` block each forward through a batch-norm layer appends
+    ``||mean(x) - running_mean||_2 + ||var(x) - running_var||_2`` of its input (statistics over every
+    dimension but the channels) to the yielded list.
+
+    Args:
+        network: A network with batch-norm layers (their running statistics are the targets).
+
+    Yields:
+        The list the per-layer terms are appended to.
+
+    Raises:
+        ValueError: If ``network`` has no batch-norm layer with running statistics.
+    """
+    layers = [m for m in network.modules() if isinstance(m, _BatchNorm) and m.running_mean is not None]
+    if not layers:
+        raise ValueError(
+            f"{type(network).__name__} has no batch-norm layer with running statistics to match; "
+            "use a teacher trained with norm='batch' or set bn_weight 0"
+        )
+    terms: list[Tensor] = []
+
+    def hook(module: _BatchNorm, args: tuple[Tensor, ...], output: Tensor) -> None:
+        x = args[0]
+        dims = [d for d in range(x.dim()) if d != 1]
+        mean = x.mean(dim=dims)
+        var = x.var(dim=dims, unbiased=False)
+        terms.append(torch.linalg.vector_norm(mean - module.running_mean) + torch.linalg.vector_norm(var - module.running_var))
+
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        yield terms
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def contrastive_loss(a: Tensor, b: Tensor, temperature: float = 0.1) -> Tensor:
+    """NT-Xent between two views: ``a[i]`` and ``b[i]`` are positives, every other row a negative.
+
+    Args:
+        a: Embeddings of the first views ``[B, E]``.
+        b: Embeddings of the second views ``[B, E]``.
+        temperature: Softmax temperature of the cosine similarities.
+
+    Returns:
+        The mean cross-entropy of picking each view's partner among the other ``2B - 1`` views.
+    """
+    n = len(a)
+    z = F.normalize(torch.cat([a, b]), dim=1)
+    similarity = (z @ z.T / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -math.inf)
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(similarity, partner)
+
+
+# --------------------------------------------------------------------------------------- generator
+class FeatureGenerator(nn.Module):
+    """Conditional generator of normalised features: ``(z, class) -> [C, F, T]``.
+
+    ``z * embedding(class)`` goes through a linear layer to a ``[2w, F/4, T/4]`` map, two
+    ``upsample x2 -> conv3x3 -> batch norm -> LeakyReLU`` blocks and a conv to ``C`` channels, then a
+    batch norm without affine parameters (outputs in the normalised feature space), cropped to
+    ``F x T`` (the DAFL / CMI generator shape, conditioned on the class).
+
+    Args:
+        out_shape: ``(C, F, T)`` of one generated example.
+        num_classes: Number of classes.
+        latent_dim: Size of ``z``.
+        width: Channels ``w`` of the last hidden block.
+    """
+
+    def __init__(self, out_shape: tuple[int, int, int], num_classes: int, latent_dim: int = 64, width: int = 64) -> None:
+        super().__init__()
+        channels, f, t = out_shape
+        self.out_shape = out_shape
+        self.latent_dim = latent_dim
+        self.start = (2 * width, math.ceil(f / 4), math.ceil(t / 4))
+        self.class_embedding = nn.Embedding(num_classes, latent_dim)
+        self.project = nn.Linear(latent_dim, math.prod(self.start))
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(2 * width),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * width, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, channels, 3, padding=1),
+            nn.BatchNorm2d(channels, affine=False),
+        )
+
+    def forward(self, z: Tensor, labels: Tensor) -> Tensor:
+        """Features ``[B, C, F, T]`` for latents ``z`` ``[B, latent_dim]`` and labels ``[B]``."""
+        h = self.project(z * self.class_embedding(labels)).view(len(z), *self.start)
+        _, f, t = self.out_shape
+        return self.body(h)[..., :f, :t]
+
+
+# ------------------------------------------------------------------------------------------- FRAMI
+class FRAMI(Distiller):
+    """Feature-rich audio model inversion and knowledge distillation from a teacher alone.
+
+    Args:
+        in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
+        num_classes: Number of classes (linked from ``data.num_classes``).
+        teacher: ``.safetensors`` file of a trained network written by
+            :class:`~ddlight.callbacks.NetworkExport` (its folder also works: ``network_000`` is used).
+        ipc: Synthetic samples per class (the exported set).
+        synthesis: ``direct`` (optimise the samples themselves, DeepInversion) or ``generator`` (train
+            a conditional generator; students then learn from fresh samples at every step).
+        batch_size: Samples optimised per inversion step (two augmented views each).
+        lr: Adam learning rate of the samples (``direct``) or of the generator.
+        bn_weight: Weight of the batch-norm statistics term.
+        contrastive: Use the feature-invariant contrastive term (the ablation switch).
+        contrastive_weight: Its weight.
+        contrastive_temperature: NT-Xent temperature.
+        views: Augmentation that makes the views (default: ``SpecAugment(p=0.8, gain=0.1, noise=0.05)``).
+        latent_dim: Latent size of the generator.
+        generator_width: Channels of the generator's last hidden block.
+        student: Student network name (:data:`ddlight.networks.NETWORKS`).
+        student_options: Its constructor options.
+        student_steps: Knowledge-distillation steps of each student.
+        student_batch_size: Inputs per distillation step.
+        student_lr: Adam learning rate of the student (cosine schedule).
+        kd_temperature: Softening temperature of the distillation loss.
+        reuse_hidden: Also match the teacher's hidden states before and after statistics pooling (the
+            ablation switch; needs statistics-pooling networks on both sides).
+        hidden_weight: Weight of the hidden-state term.
+        student_repeats: Students trained and tested at the end of ``fit`` (0: none).
+        seed: Seed of the fixed generator latents of the exported set.
+    """
+
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        num_classes: int,
+        teacher: str,
+        ipc: int = 20,
+        synthesis: Literal["direct", "generator"] = "direct",
+        batch_size: int = 128,
+        lr: float = 0.05,
+        bn_weight: float = 1.0,
+        contrastive: bool = True,
+        contrastive_weight: float = 1.0,
+        contrastive_temperature: float = 0.1,
+        views: SpecAugment | None = None,
+        latent_dim: int = 64,
+        generator_width: int = 64,
+        student: str = "statpool",
+        student_options: dict[str, Any] | None = None,
+        student_steps: int = 1000,
+        student_batch_size: int = 64,
+        student_lr: float = 1e-3,
+        kd_temperature: float = 4.0,
+        reuse_hidden: bool = True,
+        hidden_weight: float = 1.0,
+        student_repeats: int = 3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(in_shape, num_classes, ipc, init="noise")
+        if synthesis not in ("direct", "generator"):
+            raise ValueError(f"synthesis must be 'direct' or 'generator', got {synthesis!r}")
+        if min(batch_size, student_steps, student_batch_size) < 1 or student_repeats < 0:
+            raise ValueError("batch_size, student_steps and student_batch_size must be >= 1, student_repeats >= 0")
+        if min(bn_weight, contrastive_weight, hidden_weight) < 0 or min(lr, student_lr, kd_temperature) <= 0:
+            raise ValueError("weights must be >= 0; lr, student_lr and kd_temperature > 0")
+        self.save_hyperparameters(ignore=["views"])
+        self.teacher, self.teacher_header, teacher_extras = load_network(_teacher_file(teacher))
+        self.teacher.requires_grad_(False)
+        self._check_teacher_shape()
+        self.register_buffer("teacher_mean", teacher_extras.get("feature_mean"), persistent=False)
+        self.register_buffer("teacher_std", teacher_extras.get("feature_std"), persistent=False)
+        if reuse_hidden:
+            student_net = build_network(student, self.in_shape, num_classes, **(student_options or {}))
+            for role, network in (("teacher", self.teacher), ("student", student_net)):
+                if not has_hidden_states(network):
+                    raise ValueError(
+                        f"reuse_hidden needs a {role} with a statistics-pooling layer (network 'statpool'); "
+                        f"the {role} is {type(network).__name__}. Set reuse_hidden false or use statpool"
+                    )
+        self.views = views if views is not None else SpecAugment(p=0.8, gain=0.1, noise=0.05)
+        self.generator = (
+            FeatureGenerator(self.in_shape, num_classes, latent_dim, generator_width) if synthesis == "generator" else None
+        )
+        self.report: dict[str, Any] | None = None
+
+    def train(self, mode: bool = True) -> FRAMI:
+        """Switch modes, keeping the teacher in eval mode (its batch-norm statistics are the targets)."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def _check_teacher_shape(self) -> None:
+        header = self.teacher_header
+        if tuple(header["in_shape"]) != self.in_shape or header["num_classes"] != self.num_classes:
+            raise ValueError(
+                f"the teacher takes features {tuple(header['in_shape'])} with {header['num_classes']} classes, "
+                f"but the data gives {self.in_shape} with {self.num_classes}: train the teacher with the same "
+                "data and feature configuration"
+            )
+
+    # ---------------------------------------------------------------------------------- inversion
+    def inversion_batch(self) -> tuple[Tensor, Tensor]:
+        """A batch to invert: rows of the set (``direct``) or fresh generator samples, and their classes."""
+        n = self.hparams.batch_size
+        if self.generator is None:
+            index = torch.randperm(len(self.synthetic), device=self.device)[:n]
+            return self.synthetic[index], self.labels[index]
+        labels = torch.arange(n, device=self.device) % self.num_classes
+        return self.generator(torch.randn(n, self.hparams.latent_dim, device=self.device), labels), labels
+
+    def inversion_losses(self, x: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Class, batch-norm and contrastive terms of the teacher on two augmented views of ``x``."""
+        hp = self.hparams
+        views = self.views.train()(torch.cat([x, x]))
+        with batchnorm_statistics_loss(self.teacher) if hp.bn_weight > 0 else _no_terms() as bn_terms:
+            embeddings = self.teacher.embed(views)
+        logits = self.teacher.classifier(embeddings)
+        losses = {"ce": F.cross_entropy(logits, torch.cat([labels, labels]))}
+        losses["bn"] = torch.stack(bn_terms).sum() if bn_terms else logits.new_zeros(())
+        if hp.contrastive:
+            a, b = embeddings.chunk(2)
+            losses["contrastive"] = contrastive_loss(a, b, hp.contrastive_temperature)
+        else:
+            losses["contrastive"] = logits.new_zeros(())
+        losses["total"] = losses["ce"] + hp.bn_weight * losses["bn"] + hp.contrastive_weight * losses["contrastive"]
+        losses["teacher_acc"] = (logits.argmax(-1) == torch.cat([labels, labels])).float().mean().detach()
+        return losses
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = self.generator.parameters() if self.generator is not None else [self.synthetic]
+        return torch.optim.Adam(params, lr=self.hparams.lr)
+
+    def on_fit_start(self) -> None:
+        """Check that the data is normalised as the teacher's was, then start from noise."""
+        dm = self.trainer.datamodule
+        if self.teacher_mean is not None and not (
+            torch.allclose(dm.features.mean.to(self.device), self.teacher_mean, rtol=1e-3, atol=1e-4)
+            and torch.allclose(dm.features.std.to(self.device), self.teacher_std, rtol=1e-3, atol=1e-4)
+        ):
+            raise ValueError(
+                "the DataModule normalises features differently from the data the teacher was trained on "
+                f"(teacher data: {self.teacher_header['info'].get('data', {}).get('dataset')!r}); use the same "
+                "dataset, splits and feature configuration as the teacher"
+            )
+        super().on_fit_start()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        del batch  # data-free: the real batch only paces Lightning's loop and never reaches a loss
+        optimizer = self.optimizers()
+        x, labels = self.inversion_batch()
+        losses = self.inversion_losses(x, labels)
+        optimizer.zero_grad()
+        self.manual_backward(losses["total"])
+        optimizer.step()
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=len(x))
+        return losses["total"].detach()
+
+    # ------------------------------------------------------------------------------- synthetic set
+    @torch.no_grad()
+    def generate(self, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Generator samples (eval mode) for ``labels``; latents drawn on the CPU from ``generator``."""
+        assert self.generator is not None
+        z = torch.randn(len(labels), self.hparams.latent_dim, generator=generator).to(self.device)
+        was_training = self.generator.training
+        out = self.generator.eval()(z, labels)
+        self.generator.train(was_training)
+        return out
+
+    def to_synset(self) -> Synset:
+        """The exported set; in ``generator`` mode ``ipc`` samples per class from fixed latents."""
+        if self.generator is not None:
+            fixed = torch.Generator().manual_seed(self.hparams.seed)
+            self.synthetic.data.copy_(self.generate(self.labels, fixed))
+        return super().to_synset()
+
+    def student_inputs(self) -> Callable[[int], Tensor]:
+        """Where students draw inputs: random rows of the set, or fresh balanced generator samples."""
+        if self.generator is None:
+            bank = self.synthetic.detach()
+            return lambda n: bank[torch.randint(len(bank), (n,), device=bank.device)]
+        return lambda n: self.generate(torch.randint(self.num_classes, (n,), device=self.device))
+
+    # ----------------------------------------------------------------------------------- students
+    def train_student(self, seed: int) -> AudioNetwork:
+        """One student distilled from the teacher on synthetic inputs (seeded, global RNG restored)."""
+        hp = self.hparams
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            student = build_network(hp.student, self.in_shape, self.num_classes, **(hp.student_options or {}))
+            return distil_student(
+                self.teacher, student.to(self.device), self.student_inputs(), hp.student_steps, hp.student_batch_size,
+                hp.student_lr, hp.kd_temperature, hp.hidden_weight if hp.reuse_hidden else 0.0, SpecAugment(),
+            )
+
+    def evaluate_students(self, test_x: Tensor, test_y: Tensor) -> dict[str, Any]:
+        """Teacher and ``student_repeats`` students on real test data: the ``frami.json`` document."""
+        hp = self.hparams
+        runs = [accuracy(self.train_student(seed), test_x, test_y) for seed in range(hp.student_repeats)]
+        data = self.trainer.datamodule.describe() if self.trainer.datamodule is not None else {}
+        return {
+            "dataset": data.get("dataset"),
+            "method": "frami",
+            "ipc": self.ipc,
+            "synthesis": hp.synthesis,
+            "contrastive": hp.contrastive,
+            "reuse_hidden": hp.reuse_hidden,
+            "teacher": {"network": self.teacher_header["network"], "accuracy": round(accuracy(self.teacher, test_x, test_y), 4)},
+            "student": {"network": hp.student, "options": dict(hp.student_options or {}), **summarize(runs)},
+        }
+
+    def on_train_end(self) -> None:
+        super().on_train_end()  # export the set
+        if not self.trainer.is_global_zero or self.hparams.student_repeats == 0:
+            return
+        test_x, test_y = self.trainer.datamodule.split_features("test", device=self.device)
+        self.report = self.evaluate_students(test_x, test_y)
+        for logger in self.trainer.loggers:
+            metrics = {"eval/student_acc": self.report["student"]["mean"], "eval/teacher_acc": self.report["teacher"]["accuracy"]}
+            logger.log_metrics(metrics, step=self.global_step)
+        directory = Path(self.trainer.log_dir or ".")
+        save_json(directory / REPORT_JSON, self.report)
+        text = markdown_report(self.report)
+        atomic_write(directory / REPORT_MD, lambda tmp: tmp.write_text(text))
+        print(text, end="")
+        print(f"student evaluation written to {directory / REPORT_JSON}")
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The teacher and student rows of a ``frami.json`` document as a Markdown table."""
+    student = report["student"]
+    switches = f"contrastive {'on' if report['contrastive'] else 'off'}, hidden-state reuse {'on' if report['reuse_hidden'] else 'off'}"
+    return (
+        f"Real-test accuracy (%) on {report['dataset']} (FRAMI, {report['synthesis']} synthesis, {switches}).\n\n"
+        "| model | accuracy |\n|---|---|\n"
+        f"| teacher ({report['teacher']['network']}) | {report['teacher']['accuracy']:.2f} |\n"
+        f"| FRAMI student ({student['network']}, {len(student['runs'])} seeds) | {student['mean']:.2f} ± {student['std']:.2f} |\n"
+    )
+
+
+@contextmanager
+def _no_terms() -> Iterator[list[Tensor]]:
+    """Stand-in for :func:`batchnorm_statistics_loss` when the term is switched off."""
+    yield []
+
+
+def _teacher_file(path: str) -> Path:
+    """The teacher's ``.safetensors`` file: ``path`` itself, or ``network_000.safetensors`` in a folder."""
+    candidate = Path(path)
+    if candidate.is_dir():
+        candidate = candidate / "network_000.safetensors"
+    if not candidate.is_file():
+        raise FileNotFoundError(
+            f"teacher {path} not found; train one with `ddlight fit --config configs/expert_<dataset>.yaml "
+            "--config configs/model/teacher.yaml` (it writes teachers/<dataset>/network_000.safetensors)"
+        )
+    return candidate
