@@ -112,13 +112,23 @@ def contrastive_loss(a: Tensor, b: Tensor, temperature: float = 0.1) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------- generator
+def _batch_norm(channels: int, affine: bool = True) -> nn.BatchNorm2d:
+    """Batch norm on batch statistics in train *and* eval mode.
+
+    Running statistics would lag behind a generator that changes every step: early in a run, eval-mode
+    samples normalised with them come out far outside the feature range.
+    """
+    return nn.BatchNorm2d(channels, affine=affine, track_running_stats=False)
+
+
 class FeatureGenerator(nn.Module):
     """Conditional generator of normalised features: ``(z, class) -> [C, F, T]``.
 
     ``z * embedding(class)`` goes through a linear layer to a ``[2w, F/4, T/4]`` map, two
     ``upsample x2 -> conv3x3 -> batch norm -> LeakyReLU`` blocks and a conv to ``C`` channels, then a
     batch norm without affine parameters (outputs in the normalised feature space), cropped to
-    ``F x T`` (the DAFL / CMI generator shape, conditioned on the class).
+    ``F x T`` (the DAFL / CMI generator shape, conditioned on the class). Its batch norms always use
+    the statistics of the batch being generated, so generate batches of more than one sample.
 
     Args:
         out_shape: ``(C, F, T)`` of one generated example.
@@ -136,17 +146,17 @@ class FeatureGenerator(nn.Module):
         self.class_embedding = nn.Embedding(num_classes, latent_dim)
         self.project = nn.Linear(latent_dim, math.prod(self.start))
         self.body = nn.Sequential(
-            nn.BatchNorm2d(2 * width),
+            _batch_norm(2 * width),
             nn.Upsample(scale_factor=2),
             nn.Conv2d(2 * width, 2 * width, 3, padding=1),
-            nn.BatchNorm2d(2 * width),
+            _batch_norm(2 * width),
             nn.LeakyReLU(0.2),
             nn.Upsample(scale_factor=2),
             nn.Conv2d(2 * width, width, 3, padding=1),
-            nn.BatchNorm2d(width),
+            _batch_norm(width),
             nn.LeakyReLU(0.2),
             nn.Conv2d(width, channels, 3, padding=1),
-            nn.BatchNorm2d(channels, affine=False),
+            _batch_norm(channels, affine=False),
         )
 
     def forward(self, z: Tensor, labels: Tensor) -> Tensor:
@@ -319,13 +329,10 @@ class FRAMI(Distiller):
     # ------------------------------------------------------------------------------- synthetic set
     @torch.no_grad()
     def generate(self, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Generator samples (eval mode) for ``labels``; latents drawn on the CPU from ``generator``."""
+        """Generator samples for ``labels`` (no gradient); latents drawn on the CPU from ``generator``."""
         assert self.generator is not None
         z = torch.randn(len(labels), self.hparams.latent_dim, generator=generator).to(self.device)
-        was_training = self.generator.training
-        out = self.generator.eval()(z, labels)
-        self.generator.train(was_training)
-        return out
+        return self.generator(z, labels)
 
     def to_synset(self) -> Synset:
         """The exported set; in ``generator`` mode ``ipc`` samples per class from fixed latents."""

@@ -21,6 +21,7 @@ SMALL = {
     "mlp": {"width": 32},
     "tcresnet8": {},
     "cnn4": {"width": 8},
+    "statpool": {"width": 16, "embed_dim": 16},
 }
 SHAPES = [(1, 20, 101), (3, 16, 32), (1, 40, 401), (1, 64, 32)]
 NUM_CLASSES = 5
@@ -48,6 +49,7 @@ def test_small_covers_registry() -> None:
         "mlp",
         "tcresnet8",
         "cnn4",
+        "statpool",
     }
 
 
