@@ -115,3 +115,25 @@ def test_wandb_logger_works_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert (runs[0] / "files").is_dir() and (runs[0] / "logs").is_dir()
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "us8k", "esc50", "audiomnist"])
+def test_frami_configs_resolve(dataset: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / f"frami_{dataset}.yaml"), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["class_path"] == "ddlight.distillers.FRAMI"
+    assert config["model"]["init_args"]["teacher"] == f"teachers/{dataset}/network_000.safetensors"
+    assert config["data"]["init_args"]["features"]["name"] == "fdmfcc"
+
+
+def test_teacher_config_replaces_the_expert_model(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "expert_us8k.yaml"), "--config", str(CONFIGS / "model/teacher.yaml"),
+              "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["init_args"]["network"] == "statpool"
+    assert config["model"]["init_args"]["num_models"] == 1
+    (callback,) = config["trainer"]["callbacks"]
+    assert callback["class_path"] == "ddlight.callbacks.NetworkExport"
+    assert callback["init_args"]["dirpath"] is None  # not the expert's trajectory folder
