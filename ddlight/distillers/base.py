@@ -98,10 +98,14 @@ class Distiller(L.LightningModule):
         """Method-specific entries for the manifest (e.g. MTT's learned step size)."""
         return {}
 
+    def exported_set(self) -> tuple[Tensor, Tensor]:
+        """Features and targets to export: the current set (subclasses may keep a better snapshot)."""
+        return self.synthetic.detach(), self.targets().detach()
+
     def to_synset(self) -> Synset:
-        """The current synthetic set with its labels, normalisation and manifest."""
+        """The set to export (:meth:`exported_set`) with its labels, normalisation and manifest."""
         dm = self.trainer.datamodule
-        targets = self.targets().detach()
+        features, targets = self.exported_set()
         manifest = {
             "format": "ddlight-synset-1",
             "method": type(self).__name__.lower(),
@@ -114,7 +118,7 @@ class Distiller(L.LightningModule):
             "hyperparameters": {k: v for k, v in self.hparams.items() if isinstance(v, (int, float, str, bool, list, type(None)))},
             **self.export_extras(),
         }
-        return Synset(self.synthetic.detach(), targets, dm.features.mean, dm.features.std, manifest)
+        return Synset(features, targets, dm.features.mean, dm.features.std, manifest)
 
     def export(self, directory: str | Path | None = None) -> Path:
         """Write the distilled set (default: ``<run dir>/distilled``) and return the folder."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -118,6 +118,16 @@ def average_across_ranks(tensors: Sequence[Tensor]) -> list[Tensor]:
     return out
 
 
+class Snapshot(NamedTuple):
+    """A validated state of the RFAD set (``accuracy`` is the kernel-regression validation accuracy)."""
+
+    accuracy: float
+    features: Tensor
+    targets: Tensor
+    regression_targets: Tensor
+    temperature: float
+
+
 class RFAD(Distiller):
     """Random Feature Approximation Distillation (Loo et al., 2022; Gudur & Thomaz, Algorithm 1).
 
@@ -149,6 +159,8 @@ class RFAD(Distiller):
         lr_temperature: Adam learning rate of ``log(tau)``.
         num_eval_models: Fixed random networks of the validation/test kernel.
         seed: Seed of all random networks (per step: ``seed`` and the global step).
+        restore_best: Export (and evaluate) the set of the best ``val/acc`` seen, not the last one, so
+            an early-stopped run keeps its best set rather than the ``patience`` steps after it.
     """
 
     def __init__(
@@ -170,6 +182,7 @@ class RFAD(Distiller):
         lr_temperature: float = 1e-2,
         num_eval_models: int = 8,
         seed: int = 0,
+        restore_best: bool = True,
     ) -> None:
         super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale)
         if min(num_models, num_eval_models, width, depth) < 1:
@@ -182,6 +195,9 @@ class RFAD(Distiller):
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
         self._eval_networks: list[nn.Module] | None = None
         self._eval_support: tuple[Tensor, Tensor] | None = None
+        #: The best validated set so far.
+        self.best: Snapshot | None = None
+        self._val_counts = torch.zeros(2)
 
     # ------------------------------------------------------------------------------ kernel regression
     @property
@@ -269,16 +285,16 @@ class RFAD(Distiller):
         return loss
 
     # ---------------------------------------------------------------------------------- validation
-    def _prepare_eval(self) -> None:
-        """Fix the evaluation networks (once) and solve the regression of the current set."""
+    def _prepare_eval(self, features: Tensor, regression_targets: Tensor) -> None:
+        """Fix the evaluation networks (once) and solve the regression of a set."""
         if self._eval_networks is None:
             hp = self.hparams
             nets = sample_random_convnets(self.in_shape, hp.num_eval_models, hp.width, hp.depth, hp.seed + _EVAL_SEED_OFFSET)
             self._eval_networks = nets
         self._eval_networks = [net.to(self.device) for net in self._eval_networks]
         with torch.no_grad():
-            phi_s = random_features(self.synthetic, self._eval_networks).double()
-            alpha = kernel_ridge_solve(phi_s @ phi_s.T, self.regression_targets(), self.hparams.ridge)
+            phi_s = random_features(features, self._eval_networks).double()
+            alpha = kernel_ridge_solve(phi_s @ phi_s.T, regression_targets, self.hparams.ridge)
         self._eval_support = (phi_s, alpha)
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
@@ -286,17 +302,40 @@ class RFAD(Distiller):
         phi_s, alpha = self._eval_support
         features, labels = batch
         preds = (random_features(features, self._eval_networks).double() @ phi_s.T) @ alpha
-        acc = (preds.argmax(-1) == labels).float().mean()
-        self.log(f"{stage}/acc", acc, prog_bar=True, sync_dist=True, batch_size=len(labels))
+        correct = (preds.argmax(-1) == labels).float()
+        self.log(f"{stage}/acc", correct.mean(), prog_bar=True, sync_dist=True, batch_size=len(labels))
+        if stage == "val":
+            self._val_counts += torch.stack([correct.sum(), correct.new_tensor(len(correct))])
 
     def on_validation_epoch_start(self) -> None:
-        self._prepare_eval()
+        self._prepare_eval(self.synthetic, self.regression_targets())
+        self._val_counts = torch.zeros(2, device=self.device)
 
     def on_test_epoch_start(self) -> None:
-        self._prepare_eval()
+        """Test the set that is exported: the best validated one with ``restore_best``."""
+        if self.hparams.restore_best and self.best is not None:
+            self._prepare_eval(self.best.features, self.best.regression_targets)
+        else:
+            self._prepare_eval(self.synthetic, self.regression_targets())
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        """Keep a copy of the set if its validation accuracy (over the epoch and all ranks) is the best."""
+        correct, count = self.trainer.strategy.reduce(self._val_counts, reduce_op="sum").tolist()
+        if count == 0 or self.trainer.sanity_checking:
+            return
+        accuracy = correct / count
+        if self.best is None or accuracy > self.best.accuracy:
+            self.best = Snapshot(accuracy, self.synthetic.detach().clone(), self.targets().detach().clone(),
+                                 self.regression_targets().detach().clone(), float(self.temperature.detach()))
+
+    def exported_set(self) -> tuple[Tensor, Tensor]:
+        """The best validated set with ``restore_best`` (once validated), else the current one."""
+        if self.hparams.restore_best and self.best is not None:
+            return self.best.features, self.best.targets
+        return super().exported_set()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
@@ -304,9 +343,11 @@ class RFAD(Distiller):
     # -------------------------------------------------------------------------------------- export
     def export_extras(self) -> dict[str, Any]:
         hp = self.hparams
+        best = self.hparams.restore_best and self.best is not None
         return {
             "rfad": {
-                "temperature": float(self.temperature.detach()),
+                "temperature": self.best.temperature if best else float(self.temperature.detach()),
+                "best_val_acc": round(100 * self.best.accuracy, 4) if best else None,
                 "num_models": hp.num_models,
                 "width": hp.width,
                 "depth": hp.depth,

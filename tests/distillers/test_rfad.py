@@ -194,3 +194,40 @@ def test_cli_fit_writes_distilled_set(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "val/acc" in metrics and "train/temperature" in metrics
     report = json.loads((manifest.parent.parent / "evaluation.json").read_text())
     assert "random" in json.dumps(report)
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_exports_and_tests_the_best_validated_set(restore_best: bool, tmp_path: Path) -> None:
+    import lightning as L
+
+    from ddlight.data.synthetic import SyntheticSounds
+
+    L.seed_everything(0)
+    data = SyntheticSounds(train_per_class=4, val_per_class=2, test_per_class=2, duration=0.25, batch_size=8)
+    model = RFAD(data.feature_shape, data.num_classes, ipc=1, num_models=1, width=8, num_eval_models=2,
+                 lr=0.5, restore_best=restore_best)  # a large step size: later sets are often worse
+    seen: list[tuple[float, torch.Tensor]] = []
+    keep = model.on_validation_epoch_end
+
+    def record() -> None:
+        keep()
+        correct, count = model._val_counts.tolist()
+        seen.append((correct / count, model.synthetic.detach().clone()))
+
+    model.on_validation_epoch_end = record
+    trainer = L.Trainer(max_steps=6, val_check_interval=1, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
+                        default_root_dir=str(tmp_path))
+    trainer.fit(model, datamodule=data)
+    assert len(seen) == 6
+    best_accuracy, best_set = max(seen, key=lambda item: item[0])  # the first of equal maxima, as kept
+    assert not torch.equal(best_set, model.synthetic.detach())  # the case under test: the last set is not the best
+    features, _ = model.exported_set()
+    if restore_best:
+        assert model.best.accuracy == pytest.approx(best_accuracy)
+        torch.testing.assert_close(features, best_set)
+        assert model.export_extras()["rfad"]["best_val_acc"] == pytest.approx(100 * best_accuracy, abs=1e-3)
+        (result,) = trainer.test(model, datamodule=data, verbose=False)
+        assert 0.0 <= result["test/acc"] <= 1.0
+    else:
+        torch.testing.assert_close(features, model.synthetic.detach())
