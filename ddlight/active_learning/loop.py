@@ -44,6 +44,7 @@ from ddlight.active_learning.acquisition import (
     DROPOUT_TYPES,
     acquisition_scores,
     insert_mc_dropout,
+    kcenter_greedy,
     mc_dropout_probs,
     random_scores,
     score_pool_sharded,
@@ -167,6 +168,10 @@ def test_accuracy(network: nn.Module, x: Tensor, y: Tensor, batch_size: int = 51
     return 100.0 * correct / len(x)
 
 
+#: Strategies of the loop: the score-based acquisition functions plus the embedding-based core set.
+STRATEGIES = (*ACQUISITIONS, "kcenter")
+
+
 class ActiveLearner(L.LightningModule):
     """Pool-based active learning: one Lightning epoch per budget, every network x strategy x repeat.
 
@@ -176,7 +181,8 @@ class ActiveLearner(L.LightningModule):
         networks: Network names (:data:`ddlight.networks.NETWORKS`), e.g. ``["resnet18", "cnn4"]``.
         network_options: Constructor options per network name (missing names: defaults).
         strategies: Acquisition functions (keys of
-            :data:`~ddlight.active_learning.acquisition.ACQUISITIONS`).
+            :data:`~ddlight.active_learning.acquisition.ACQUISITIONS`, or ``kcenter``: the core-set
+            baseline, greedy k-center in the trained network's embedding space).
         budgets: Labelled-set sizes to report, strictly increasing, in ``budget_unit``.
         budget_unit: ``"percent"`` of the pool or absolute ``"count"``.
         initial_per_class: Labelled items per class before the first acquisition (stratified, seeded).
@@ -221,9 +227,9 @@ class ActiveLearner(L.LightningModule):
         self.networks = list(networks or ["cnn4"])
         self.strategies = list(strategies or ["max_entropy", "variation_ratios", "bald", "random"])
         self.budgets = list(budgets or [20, 30, 40, 60])
-        unknown = sorted(set(self.strategies) - set(ACQUISITIONS))
+        unknown = sorted(set(self.strategies) - set(STRATEGIES))
         if unknown:
-            raise ValueError(f"unknown strategies {unknown}; choose from {sorted(ACQUISITIONS)}")
+            raise ValueError(f"unknown strategies {unknown}; choose from {sorted(STRATEGIES)}")
         if repeats < 1 or epochs < 1:
             raise ValueError(f"repeats and epochs must be >= 1, got {repeats} and {epochs}")
         if "bald" in self.strategies and mc_passes < 2:
@@ -363,10 +369,20 @@ class ActiveLearner(L.LightningModule):
         if strategy == "random":  # needs no network: the same draw on every rank
             generator = torch.Generator().manual_seed(self.hparams.seed + repeat + 1000 * self.rounds_done)
             scores = random_scores(len(unlabelled), generator)
+        elif strategy == "kcenter":
+            embeddings = self.embed(model, self.pool_x)
+            picks = kcenter_greedy(embeddings[unlabelled.to(self.device)], embeddings[list(labelled)], k)
+            return unlabelled[picks.cpu()].tolist()
         else:
             pool = self.pool_x[unlabelled.to(self.device)]
             scores = score_pool_sharded(lambda x: self.score(model, strategy, x), pool).cpu()
         return unlabelled[select_top_k(scores, k)].tolist()
+
+    @torch.no_grad()
+    def embed(self, model: nn.Module, x: Tensor) -> Tensor:
+        """Embeddings ``model.embed(x)`` in eval mode, ``score_batch_size`` items at a time."""
+        model.eval()
+        return torch.cat([model.embed(chunk) for chunk in x.split(self.hparams.score_batch_size)])
 
     @torch.no_grad()
     def score(self, model: nn.Module, strategy: str, x: Tensor) -> Tensor:

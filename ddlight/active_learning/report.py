@@ -33,6 +33,7 @@ STRATEGY_NAMES = {
     "margin": "Margin",
     "bald": "BALD",
     "random": "Random",
+    "kcenter": "k-Center (core set)",
 }
 
 

@@ -254,3 +254,23 @@ def test_cli_fit_al_synthetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         (s, (13, 20)) for s in ("max_entropy", "variation_ratios", "bald", "random")
     }
     assert list(tmp_path.glob("runs/al_synthetic/**/checkpoints/*.ckpt"))
+
+
+def test_kcenter_strategy_acquires_the_core_set_of_the_embeddings() -> None:
+    from ddlight.active_learning.acquisition import kcenter_greedy
+    from ddlight.networks import build_network
+
+    data = small_data()
+    model = learner(strategies=["kcenter"], repeats=1)
+    trainer = fit(model, data)
+    labelled = model.labelled["cnn4/kcenter/0"]
+    assert len(labelled) == 30 and len(set(labelled)) == 30
+    assert [r["labelled"] for r in model.records] == [11, 20, 30]
+    network = build_network("cnn4", SHAPE, 11, width=4)
+    start = labelled[:11]
+    picks = model.acquire_from_pool(network, "kcenter", start, 5, repeat=0)
+    embeddings = model.embed(network, model.pool_x)
+    unlabelled = [i for i in range(model.pool_size) if i not in set(start)]
+    expected = kcenter_greedy(embeddings[unlabelled], embeddings[start], 5)
+    assert picks == [unlabelled[i] for i in expected.tolist()]
+    assert trainer.current_epoch == 3
