@@ -83,7 +83,8 @@ def batchnorm_statistics_loss(network: nn.Module) -> Iterator[list[Tensor]]:
         dims = [d for d in range(x.dim()) if d != 1]
         mean = x.mean(dim=dims)
         var = x.var(dim=dims, unbiased=False)
-        terms.append(torch.linalg.vector_norm(mean - module.running_mean) + torch.linalg.vector_norm(var - module.running_var))
+        norm = torch.linalg.vector_norm
+        terms.append(norm(mean - module.running_mean) + norm(var - module.running_var))
 
     handles = [layer.register_forward_hook(hook) for layer in layers]
     try:
@@ -137,7 +138,9 @@ class FeatureGenerator(nn.Module):
         width: Channels ``w`` of the last hidden block.
     """
 
-    def __init__(self, out_shape: tuple[int, int, int], num_classes: int, latent_dim: int = 64, width: int = 64) -> None:
+    def __init__(
+        self, out_shape: tuple[int, int, int], num_classes: int, latent_dim: int = 64, width: int = 64
+    ) -> None:
         super().__init__()
         channels, f, t = out_shape
         self.out_shape = out_shape
@@ -249,9 +252,9 @@ class FRAMI(Distiller):
                         f"the {role} is {type(network).__name__}. Set reuse_hidden false or use statpool"
                     )
         self.views = views if views is not None else SpecAugment(p=0.8, gain=0.1, noise=0.05)
-        self.generator = (
-            FeatureGenerator(self.in_shape, num_classes, latent_dim, generator_width) if synthesis == "generator" else None
-        )
+        self.generator: FeatureGenerator | None = None
+        if synthesis == "generator":
+            self.generator = FeatureGenerator(self.in_shape, num_classes, latent_dim, generator_width)
         self.report: dict[str, Any] | None = None
 
     def train(self, mode: bool = True) -> FRAMI:
@@ -365,6 +368,7 @@ class FRAMI(Distiller):
         """Teacher and ``student_repeats`` students on real test data: the ``frami.json`` document."""
         hp = self.hparams
         runs = [accuracy(self.train_student(seed), test_x, test_y) for seed in range(hp.student_repeats)]
+        teacher_accuracy = round(accuracy(self.teacher, test_x, test_y), 4)
         data = self.trainer.datamodule.describe() if self.trainer.datamodule is not None else {}
         return {
             "dataset": data.get("dataset"),
@@ -373,7 +377,7 @@ class FRAMI(Distiller):
             "synthesis": hp.synthesis,
             "contrastive": hp.contrastive,
             "reuse_hidden": hp.reuse_hidden,
-            "teacher": {"network": self.teacher_header["network"], "accuracy": round(accuracy(self.teacher, test_x, test_y), 4)},
+            "teacher": {"network": self.teacher_header["network"], "accuracy": teacher_accuracy},
             "student": {"network": hp.student, "options": dict(hp.student_options or {}), **summarize(runs)},
         }
 
@@ -383,8 +387,11 @@ class FRAMI(Distiller):
             return
         test_x, test_y = self.trainer.datamodule.split_features("test", device=self.device)
         self.report = self.evaluate_students(test_x, test_y)
+        metrics = {
+            "eval/student_acc": self.report["student"]["mean"],
+            "eval/teacher_acc": self.report["teacher"]["accuracy"],
+        }
         for logger in self.trainer.loggers:
-            metrics = {"eval/student_acc": self.report["student"]["mean"], "eval/teacher_acc": self.report["teacher"]["accuracy"]}
             logger.log_metrics(metrics, step=self.global_step)
         directory = Path(self.trainer.log_dir or ".")
         save_json(directory / REPORT_JSON, self.report)
@@ -397,12 +404,14 @@ class FRAMI(Distiller):
 def markdown_report(report: dict[str, Any]) -> str:
     """The teacher and student rows of a ``frami.json`` document as a Markdown table."""
     student = report["student"]
-    switches = f"contrastive {'on' if report['contrastive'] else 'off'}, hidden-state reuse {'on' if report['reuse_hidden'] else 'off'}"
+    on_off = {True: "on", False: "off"}
+    switches = f"contrastive {on_off[report['contrastive']]}, hidden-state reuse {on_off[report['reuse_hidden']]}"
     return (
         f"Real-test accuracy (%) on {report['dataset']} (FRAMI, {report['synthesis']} synthesis, {switches}).\n\n"
         "| model | accuracy |\n|---|---|\n"
         f"| teacher ({report['teacher']['network']}) | {report['teacher']['accuracy']:.2f} |\n"
-        f"| FRAMI student ({student['network']}, {len(student['runs'])} seeds) | {student['mean']:.2f} ± {student['std']:.2f} |\n"
+        f"| FRAMI student ({student['network']}, {len(student['runs'])} seeds) "
+        f"| {student['mean']:.2f} ± {student['std']:.2f} |\n"
     )
 
 
