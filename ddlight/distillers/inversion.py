@@ -200,6 +200,8 @@ class FRAMI(Distiller):
             ablation switch; needs statistics-pooling networks on both sides).
         hidden_weight: Weight of the hidden-state term.
         student_repeats: Students trained and tested at the end of ``fit`` (0: none).
+        eval_split: Real split the students and the teacher are tested on: ``test``, or ``val`` to tune
+            hyperparameters without looking at the test split.
         seed: Seed of the fixed generator latents of the exported set.
     """
 
@@ -228,6 +230,7 @@ class FRAMI(Distiller):
         reuse_hidden: bool = True,
         hidden_weight: float = 1.0,
         student_repeats: int = 3,
+        eval_split: Literal["test", "val"] = "test",
         seed: int = 0,
     ) -> None:
         super().__init__(in_shape, num_classes, ipc, init="noise")
@@ -364,11 +367,11 @@ class FRAMI(Distiller):
                 hp.student_lr, hp.kd_temperature, hp.hidden_weight if hp.reuse_hidden else 0.0, SpecAugment(),
             )
 
-    def evaluate_students(self, test_x: Tensor, test_y: Tensor) -> dict[str, Any]:
-        """Teacher and ``student_repeats`` students on real test data: the ``frami.json`` document."""
+    def evaluate_students(self, x: Tensor, y: Tensor) -> dict[str, Any]:
+        """Teacher and ``student_repeats`` students on real data ``x``, ``y``: the ``frami.json`` document."""
         hp = self.hparams
-        runs = [accuracy(self.train_student(seed), test_x, test_y) for seed in range(hp.student_repeats)]
-        teacher_accuracy = round(accuracy(self.teacher, test_x, test_y), 4)
+        runs = [accuracy(self.train_student(seed), x, y) for seed in range(hp.student_repeats)]
+        teacher_accuracy = round(accuracy(self.teacher, x, y), 4)
         data = self.trainer.datamodule.describe() if self.trainer.datamodule is not None else {}
         return {
             "dataset": data.get("dataset"),
@@ -377,6 +380,7 @@ class FRAMI(Distiller):
             "synthesis": hp.synthesis,
             "contrastive": hp.contrastive,
             "reuse_hidden": hp.reuse_hidden,
+            "split": hp.eval_split,
             "teacher": {"network": self.teacher_header["network"], "accuracy": teacher_accuracy},
             "student": {"network": hp.student, "options": dict(hp.student_options or {}), **summarize(runs)},
         }
@@ -385,8 +389,8 @@ class FRAMI(Distiller):
         super().on_train_end()  # export the set
         if not self.trainer.is_global_zero or self.hparams.student_repeats == 0:
             return
-        test_x, test_y = self.trainer.datamodule.split_features("test", device=self.device)
-        self.report = self.evaluate_students(test_x, test_y)
+        x, y = self.trainer.datamodule.split_features(self.hparams.eval_split, device=self.device)
+        self.report = self.evaluate_students(x, y)
         metrics = {
             "eval/student_acc": self.report["student"]["mean"],
             "eval/teacher_acc": self.report["teacher"]["accuracy"],
@@ -407,7 +411,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     on_off = {True: "on", False: "off"}
     switches = f"contrastive {on_off[report['contrastive']]}, hidden-state reuse {on_off[report['reuse_hidden']]}"
     return (
-        f"Real-test accuracy (%) on {report['dataset']} (FRAMI, {report['synthesis']} synthesis, {switches}).\n\n"
+        f"Real {report['split']}-split accuracy (%) on {report['dataset']} "
+        f"(FRAMI, {report['synthesis']} synthesis, {switches}).\n\n"
         "| model | accuracy |\n|---|---|\n"
         f"| teacher ({report['teacher']['network']}) | {report['teacher']['accuracy']:.2f} |\n"
         f"| FRAMI student ({student['network']}, {len(student['runs'])} seeds) "

@@ -171,21 +171,24 @@ def test_real_training_batches_never_reach_a_loss(tmp_path: Path, data: Syntheti
 
 
 # ------------------------------------------------------------------------------------------ CLI
-@pytest.mark.parametrize("synthesis", ["direct", "generator"])
-def test_cli_inverts_distils_exports_and_reconstructs(tmp_path: Path, data: SyntheticSounds, synthesis: str) -> None:
+@pytest.mark.parametrize(("synthesis", "split"), [("direct", "test"), ("generator", "val")])
+def test_cli_inverts_distils_exports_and_reconstructs(
+    tmp_path: Path, data: SyntheticSounds, synthesis: str, split: str
+) -> None:
     teacher = write_teacher(tmp_path / "teacher.safetensors", data)
     main([
         "fit", "--config", str(CONFIGS / "frami_synthetic.yaml"), *CLI_DATA, f"--model.init_args.teacher={teacher}",
-        f"--model.init_args.synthesis={synthesis}", "--model.init_args.ipc=2", "--model.init_args.batch_size=8",
+        f"--model.init_args.synthesis={synthesis}", f"--model.init_args.eval_split={split}", "--model.init_args.ipc=2", "--model.init_args.batch_size=8",
         "--model.init_args.student_options={width: 8, embed_dim: 8}", "--model.init_args.student_steps=3",
         "--model.init_args.student_repeats=2", "--trainer.max_steps=2", "--trainer.logger.init_args.save_dir=runs",
     ])
     (report_path,) = tmp_path.glob("runs/**/frami.json")
     report = json.loads(report_path.read_text())
-    assert report["method"] == "frami" and report["synthesis"] == synthesis
+    assert report["method"] == "frami" and report["synthesis"] == synthesis and report["split"] == split
     assert len(report["student"]["runs"]) == 2 and 0 <= report["student"]["mean"] <= 100
     assert 0 <= report["teacher"]["accuracy"] <= 100
     assert "FRAMI student" in (report_path.parent / "frami.md").read_text()
+    assert f"Real {split}-split accuracy" in (report_path.parent / "frami.md").read_text()
     synset = load_synset(report_path.parent / "distilled")
     assert synset.features.shape == (2 * data.num_classes, *data.feature_shape)
     assert torch.isfinite(synset.features).all() and synset.manifest["method"] == "frami"
