@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"### FRAMI ablation: {args.name}",
         "",
-        f"`python -m benchmarks.frami_ablation --name {args.name}` with `{args.frami_config.relative_to(REPO)}`"
+        f"`python -m benchmarks.frami_ablation --name {args.name}` with `{args.frami_config.resolve().relative_to(REPO)}`"
         + (f" and `{' '.join(args.data_args)}`" if args.data_args else "")
         + f"; seeds {args.seeds}; real-test accuracy (%), last step, mean ± std over seeds (one teacher).",
         f"Machine: {machine()}.",
