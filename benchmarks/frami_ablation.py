@@ -42,8 +42,14 @@ QUIET = ["--trainer.enable_progress_bar=false"]
 
 
 def train_network(expert_config: Path, out: Path, seed: int, data_args: list[str], options: str | None = None) -> float:
-    """Train a statpool classifier on real data through the CLI; return its real-test accuracy (%)."""
+    """Train a statpool classifier on real data through the CLI; return its real-test accuracy (%).
+
+    A network already exported in ``out`` (by an earlier run of this script) is reused, not retrained.
+    """
     extra = [f"--model.init_args.network_options={options}"] if options else []
+    if (out / "network_000.safetensors").is_file():
+        _, header, _ = load_network(out / "network_000.safetensors")
+        return float(header["info"]["test_accuracy"])
     ddlight([
         "fit", "--config", str(expert_config), "--config", str(REPO / "configs/model/teacher.yaml"), *data_args,
         f"--seed_everything={seed}", f"--trainer.callbacks.init_args.dirpath={out}",
@@ -60,7 +66,7 @@ def run_frami(frami_config: Path, teacher: Path, out: Path, seed: int, flags: li
         f"--seed_everything={seed}", f"--model.init_args.seed={seed}", "--model.init_args.student_repeats=1",
         f"--trainer.logger.init_args.save_dir={out}", *flags, *QUIET,
     ])
-    report = json.loads(next(out.rglob("frami.json")).read_text())
+    report = json.loads(max(out.rglob("frami.json"), key=lambda p: p.stat().st_mtime).read_text())
     return float(report["student"]["runs"][0])
 
 
