@@ -91,7 +91,9 @@ def run(
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Parse the command line (``args``: for tests) and :func:`run` the protocol."""
     parser = ArgumentParser(prog="python -m ddlight.evaluation", description=__doc__.split("\n\n")[0])
-    parser.add_function_arguments(run, skip={"architectures", "baselines"})
+    parser.add_function_arguments(run, skip={"data", "architectures", "baselines"})
+    # a subclass group (not a plain typed argument) so that --data also takes a YAML file
+    parser.add_subclass_arguments(AudioDataModule, "data", required=True)
     parser.add_argument("--architectures", nargs="+", default=["convnet"], help="Networks to evaluate.")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), help="Real-subset baselines.")
     init = parser.instantiate(parser.parse_args(args))

@@ -57,3 +57,15 @@ def test_synset_eval_config_trains_on_the_distilled_set(
           "--data.init_args.real.init_args.features.hop_length=512", "--trainer.fast_dev_run=1",
           "--model.init_args.network_options={width: 8, depth: 1}"])
     assert "test/acc" in capsys.readouterr().out  # trained on the synset, then tested on real data
+
+
+def test_command_takes_a_data_config_file(synset_dir: Path, tmp_path: Path) -> None:
+    """`--data configs/data/<dataset>.yaml` (the documented form) plus overrides of its init_args."""
+    config = CONFIG.parent / "data" / "synthetic.yaml"
+    overrides = [f"--data.init_args.{k}={v}" for k, v in TINY.items()]
+    report = main_evaluation(["--synset", str(synset_dir), "--data", str(config), *overrides, "--baselines",
+                              "--repeats", "1", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "out"),
+                              "--network_options", "{convnet: {width: 8, depth: 1}}"])
+    assert report["dataset"] == "synthetic"
+    assert list(report["results"][0]) == ["architecture", "synthetic"]
+    assert (tmp_path / "out" / "evaluation.md").is_file()
