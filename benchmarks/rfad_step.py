@@ -12,6 +12,7 @@ the set — :meth:`ddlight.distillers.rfad.RFAD.gradients` plus the Adam update.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]  # other jobs on the machine inflate the times: recorded with them
     rows = []
     for num_models in args.models:
         model = RFAD(SHAPE, CLASSES, ipc=args.ipc, init="noise", num_models=num_models, width=args.width)
@@ -62,7 +64,7 @@ def main() -> None:
         f"random ConvNets depth 3, width {args.width}, no normalisation; mean of {args.repeats} steps after a "
         f"warm-up. `python -m benchmarks.rfad_step --width {args.width} --repeats {args.repeats} --threads {args.threads}`",
         "",
-        f"Machine: {machine()}. Measured while other jobs shared the CPU: read the ratios, not the absolute values.",
+        f"Machine: {machine()}; 1-minute load average {load:.1f} when the measurement started.",
         "",
         "| M \\ real batch | " + " | ".join(map(str, args.batch_sizes)) + " |",
         "|---|" + "---|" * len(args.batch_sizes),
