@@ -188,6 +188,10 @@ class FRAMI(Distiller):
         contrastive_weight: Its weight.
         contrastive_temperature: NT-Xent temperature (0.5 was chosen on the validation fold of the
             UrbanSound8K-layout data, against 0.1 at weights 1 and 0.2; see BENCHMARKS.md).
+        projection_dim: Output size of a projection head (linear -> ReLU -> linear, trained with the
+            same loss, as in contrastive model inversion) between the teacher's embedding and NT-Xent;
+            ``None`` applies NT-Xent to the embedding itself.
+        projection_lr: Adam learning rate of the projection head.
         views: Augmentation that makes the views (default: ``SpecAugment(p=0.8, gain=0.1, noise=0.05)``).
         latent_dim: Latent size of the generator.
         generator_width: Channels of the generator's last hidden block.
@@ -219,6 +223,8 @@ class FRAMI(Distiller):
         contrastive: bool = True,
         contrastive_weight: float = 1.0,
         contrastive_temperature: float = 0.5,
+        projection_dim: int | None = None,
+        projection_lr: float = 1e-3,
         views: SpecAugment | None = None,
         latent_dim: int = 64,
         generator_width: int = 64,
@@ -256,6 +262,10 @@ class FRAMI(Distiller):
                         f"the {role} is {type(network).__name__}. Set reuse_hidden false or use statpool"
                     )
         self.views = views if views is not None else SpecAugment(p=0.8, gain=0.1, noise=0.05)
+        self.projection: nn.Module | None = None
+        if projection_dim is not None:
+            width = self.teacher.embed_dim
+            self.projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, projection_dim))
         self.generator: FeatureGenerator | None = None
         if synthesis == "generator":
             self.generator = FeatureGenerator(self.in_shape, num_classes, latent_dim, generator_width)
@@ -296,7 +306,7 @@ class FRAMI(Distiller):
         losses = {"ce": F.cross_entropy(logits, torch.cat([labels, labels]))}
         losses["bn"] = torch.stack(bn_terms).sum() if bn_terms else logits.new_zeros(())
         if hp.contrastive:
-            a, b = embeddings.chunk(2)
+            a, b = (self.projection(embeddings) if self.projection is not None else embeddings).chunk(2)
             losses["contrastive"] = contrastive_loss(a, b, hp.contrastive_temperature)
         else:
             losses["contrastive"] = logits.new_zeros(())
@@ -306,7 +316,10 @@ class FRAMI(Distiller):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = self.generator.parameters() if self.generator is not None else [self.synthetic]
-        return torch.optim.Adam(params, lr=self.hparams.lr)
+        groups: list[dict[str, Any]] = [{"params": list(params), "lr": self.hparams.lr}]
+        if self.projection is not None:
+            groups.append({"params": list(self.projection.parameters()), "lr": self.hparams.projection_lr})
+        return torch.optim.Adam(groups)
 
     def on_fit_start(self) -> None:
         """Check that the data is normalised as the teacher's was, then start from noise."""

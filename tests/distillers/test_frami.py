@@ -195,3 +195,18 @@ def test_cli_inverts_distils_exports_and_reconstructs(
     summary = reconstruct([str(report_path.parent / "distilled"), "--n-iter", "2", "--max-per-class", "1"])
     assert len(list((report_path.parent / "distilled" / "audio").rglob("*.wav"))) == data.num_classes
     assert summary  # the reconstruction report
+
+
+def test_projection_head_is_trained_with_the_contrastive_term(tmp_path: Path, data: SyntheticSounds) -> None:
+    teacher = write_teacher(tmp_path / "t.safetensors", data)
+    model = frami(teacher, data, projection_dim=8, projection_lr=0.01)
+    assert model.projection is not None and model.projection[-1].out_features == 8
+    optimizer = model.configure_optimizers()
+    assert [group["lr"] for group in optimizer.param_groups] == [model.hparams.lr, 0.01]
+    before = [p.detach().clone() for p in model.projection.parameters()]
+    losses = model.inversion_losses(*model.inversion_batch())
+    optimizer.zero_grad()
+    losses["total"].backward()
+    optimizer.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.projection.parameters()))
+    assert frami(teacher, data).projection is None  # the default: NT-Xent on the teacher's embedding
