@@ -137,3 +137,25 @@ def test_teacher_config_replaces_the_expert_model(capsys: pytest.CaptureFixture[
     (callback,) = config["trainer"]["callbacks"]
     assert callback["class_path"] == "ddlight.callbacks.NetworkExport"
     assert callback["init_args"]["dirpath"] is None  # not the expert's trajectory folder
+
+
+def _runs() -> list[list[str]]:
+    """Every whole-run config, and each Table-3 overlay (``rfad_<ds>_ipc<N>.yaml``) after its base config."""
+    runs = []
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        base = path.name.split("_ipc")[0] + ".yaml"
+        runs.append([str(CONFIGS / base), str(path)] if "_ipc" in path.name else [str(path)])
+    return runs
+
+
+@pytest.mark.parametrize("configs", _runs(), ids=lambda c: Path(c[-1]).name)
+def test_every_config_resolves(configs: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["fit"] + [arg for c in configs for arg in ("--config", c)] + ["--print_config"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["class_path"].startswith(("ddlight.", "lightning."))
+    assert "class_path" in config["data"]
+    if "_ipc" in configs[-1]:
+        assert config["model"]["init_args"]["ipc"] == int(Path(configs[-1]).stem.split("_ipc")[1])
