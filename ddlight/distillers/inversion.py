@@ -94,20 +94,26 @@ def batchnorm_statistics_loss(network: nn.Module) -> Iterator[list[Tensor]]:
             handle.remove()
 
 
-def contrastive_loss(a: Tensor, b: Tensor, temperature: float = 0.1) -> Tensor:
+def contrastive_loss(a: Tensor, b: Tensor, temperature: float = 0.1, labels: Tensor | None = None) -> Tensor:
     """NT-Xent between two views: ``a[i]`` and ``b[i]`` are positives, every other row a negative.
 
     Args:
         a: Embeddings of the first views ``[B, E]``.
         b: Embeddings of the second views ``[B, E]``.
         temperature: Softmax temperature of the cosine similarities.
+        labels: Classes ``[B]``; if given, only views of the same class are negatives (the loss then asks
+            for diversity within each class and leaves the separation of classes to the class term).
 
     Returns:
-        The mean cross-entropy of picking each view's partner among the other ``2B - 1`` views.
+        The mean cross-entropy of picking each view's partner among the other views it is compared with.
     """
     n = len(a)
     z = F.normalize(torch.cat([a, b]), dim=1)
-    similarity = (z @ z.T / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -math.inf)
+    excluded = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    if labels is not None:
+        both = torch.cat([labels, labels])
+        excluded = excluded | (both[:, None] != both[None, :])
+    similarity = (z @ z.T / temperature).masked_fill(excluded, -math.inf)
     partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     return F.cross_entropy(similarity, partner)
 
@@ -188,6 +194,8 @@ class FRAMI(Distiller):
         contrastive_weight: Its weight.
         contrastive_temperature: NT-Xent temperature (0.5 was chosen on the validation fold of the
             UrbanSound8K-layout data, against 0.1 at weights 1 and 0.2; see BENCHMARKS.md).
+        contrastive_negatives: ``all`` other views, or only views of the ``same_class`` (diversity within
+            each class).
         projection_dim: Output size of a projection head (linear -> ReLU -> linear, trained with the
             same loss, as in contrastive model inversion) between the teacher's embedding and NT-Xent;
             ``None`` applies NT-Xent to the embedding itself.
@@ -223,6 +231,7 @@ class FRAMI(Distiller):
         contrastive: bool = True,
         contrastive_weight: float = 1.0,
         contrastive_temperature: float = 0.5,
+        contrastive_negatives: Literal["all", "same_class"] = "all",
         projection_dim: int | None = None,
         projection_lr: float = 1e-3,
         views: SpecAugment | None = None,
@@ -307,7 +316,8 @@ class FRAMI(Distiller):
         losses["bn"] = torch.stack(bn_terms).sum() if bn_terms else logits.new_zeros(())
         if hp.contrastive:
             a, b = (self.projection(embeddings) if self.projection is not None else embeddings).chunk(2)
-            losses["contrastive"] = contrastive_loss(a, b, hp.contrastive_temperature)
+            same_class = labels if hp.contrastive_negatives == "same_class" else None
+            losses["contrastive"] = contrastive_loss(a, b, hp.contrastive_temperature, same_class)
         else:
             losses["contrastive"] = logits.new_zeros(())
         losses["total"] = losses["ce"] + hp.bn_weight * losses["bn"] + hp.contrastive_weight * losses["contrastive"]

@@ -68,6 +68,15 @@ def test_contrastive_loss_matches_the_formula_on_orthogonal_views() -> None:
     assert float(swapped) > 5.0  # partners orthogonal, a non-partner identical: a large loss
 
 
+def test_contrastive_loss_with_same_class_negatives_only() -> None:
+    a = torch.eye(3, 4)
+    loss = contrastive_loss(a, a.clone(), temperature=0.1, labels=torch.tensor([0, 0, 1]))
+    # the four views of class 0 each see their partner and two other class-0 views; class 1's two views
+    # see only each other (loss 0)
+    expected = 4 / 6 * -math.log(math.exp(10) / (math.exp(10) + 2))
+    assert float(loss) == pytest.approx(expected, rel=1e-3, abs=1e-6)
+
+
 def test_batchnorm_statistics_term_is_distance_to_running_statistics() -> None:
     bn = nn.BatchNorm1d(2).eval()
     bn.running_mean.copy_(torch.tensor([1.0, -1.0]))
