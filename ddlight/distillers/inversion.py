@@ -42,7 +42,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Synset
-from ddlight.distillers.kd import distil_student, has_hidden_states
+from ddlight.distillers.kd import check_hidden_states, distil_student
 from ddlight.evaluation import accuracy, summarize
 from ddlight.io import atomic_write, save_json
 from ddlight.networks import AudioNetwork, build_network
@@ -262,14 +262,9 @@ class FRAMI(Distiller):
         self._check_teacher_shape()
         self.register_buffer("teacher_mean", teacher_extras.get("feature_mean"), persistent=False)
         self.register_buffer("teacher_std", teacher_extras.get("feature_std"), persistent=False)
-        if reuse_hidden:
-            student_net = build_network(student, self.in_shape, num_classes, **(student_options or {}))
-            for role, network in (("teacher", self.teacher), ("student", student_net)):
-                if not has_hidden_states(network):
-                    raise ValueError(
-                        f"reuse_hidden needs a {role} with a statistics-pooling layer (network 'statpool'); "
-                        f"the {role} is {type(network).__name__}. Set reuse_hidden false or use statpool"
-                    )
+        if reuse_hidden:  # fail at construction, not after the inversion
+            student_network = build_network(student, self.in_shape, num_classes, **(student_options or {}))
+            check_hidden_states(self.teacher, student_network)
         self.views = views if views is not None else SpecAugment(p=0.8, gain=0.1, noise=0.05)
         self.projection: nn.Module | None = None
         if projection_dim is not None:

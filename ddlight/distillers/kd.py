@@ -30,9 +30,18 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     return temperature**2 * F.kl_div(student, teacher, reduction="batchmean", log_target=True)
 
 
-def has_hidden_states(network: nn.Module) -> bool:
-    """Whether ``network`` exposes ``hidden_states(x)`` (a statistics-pooling network)."""
-    return callable(getattr(network, "hidden_states", None))
+def check_hidden_states(teacher: nn.Module, student: nn.Module) -> None:
+    """Raise unless both networks expose ``hidden_states(x)`` (statistics-pooling networks).
+
+    Raises:
+        ValueError: Naming the network that lacks them.
+    """
+    for role, network in (("teacher", teacher), ("student", student)):
+        if not callable(getattr(network, "hidden_states", None)):
+            raise ValueError(
+                f"hidden-state reuse needs a {role} with a statistics-pooling layer (network 'statpool'), "
+                f"got {type(network).__name__}; use a statpool {role} or switch hidden-state reuse off"
+            )
 
 
 class HiddenStateReuse(nn.Module):
@@ -91,12 +100,7 @@ def distil_student(
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
     reuse: HiddenStateReuse | None = None
     if hidden_weight > 0:
-        for role, network in (("teacher", teacher), ("student", student)):
-            if not has_hidden_states(network):
-                raise ValueError(
-                    f"hidden-state reuse needs a {role} with a statistics-pooling layer (network 'statpool'), "
-                    f"got {type(network).__name__}; use a statpool {role} or set hidden_weight 0"
-                )
+        check_hidden_states(teacher, student)
         reuse = HiddenStateReuse(student.frame_dim, teacher.frame_dim).to(next(student.parameters()).device)
     params = list(student.parameters()) + (list(reuse.parameters()) if reuse is not None else [])
     optimizer = torch.optim.Adam(params, lr=lr)
