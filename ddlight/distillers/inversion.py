@@ -196,6 +196,9 @@ class FRAMI(Distiller):
             UrbanSound8K-layout data, against 0.1 at weights 1 and 0.2; see BENCHMARKS.md).
         contrastive_negatives: ``all`` other views, or only views of the ``same_class`` (diversity within
             each class).
+        contrastive_features: Teacher representation NT-Xent compares: its segment-level ``embedding``, or
+            the ``pooled`` statistics (mean and std of the frame-level states; needs a statistics-pooling
+            teacher).
         projection_dim: Output size of a projection head (linear -> ReLU -> linear, trained with the
             same loss, as in contrastive model inversion) between the teacher's embedding and NT-Xent;
             ``None`` applies NT-Xent to the embedding itself.
@@ -232,6 +235,7 @@ class FRAMI(Distiller):
         contrastive_weight: float = 1.0,
         contrastive_temperature: float = 0.5,
         contrastive_negatives: Literal["all", "same_class"] = "all",
+        contrastive_features: Literal["embedding", "pooled"] = "embedding",
         projection_dim: int | None = None,
         projection_lr: float = 1e-3,
         views: SpecAugment | None = None,
@@ -266,9 +270,14 @@ class FRAMI(Distiller):
             student_network = build_network(student, self.in_shape, num_classes, **(student_options or {}))
             check_hidden_states(self.teacher, student_network)
         self.views = views if views is not None else SpecAugment(p=0.8, gain=0.1, noise=0.05)
+        if contrastive and contrastive_features == "pooled" and not callable(getattr(self.teacher, "hidden_states", None)):
+            raise ValueError(
+                f"contrastive_features 'pooled' needs a statistics-pooling teacher (network 'statpool'), got "
+                f"{self.teacher_header['network']!r}; use contrastive_features 'embedding'"
+            )
         self.projection: nn.Module | None = None
         if projection_dim is not None:
-            width = self.teacher.embed_dim
+            width = 2 * self.teacher.frame_dim if contrastive_features == "pooled" else self.teacher.embed_dim
             self.projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, projection_dim))
         self.generator: FeatureGenerator | None = None
         if synthesis == "generator":
@@ -305,12 +314,11 @@ class FRAMI(Distiller):
         hp = self.hparams
         views = self.views.train()(torch.cat([x, x]))
         with batchnorm_statistics_loss(self.teacher) if hp.bn_weight > 0 else _no_terms() as bn_terms:
-            embeddings = self.teacher.embed(views)
-        logits = self.teacher.classifier(embeddings)
+            features, logits = self.teacher_features(views)
         losses = {"ce": F.cross_entropy(logits, torch.cat([labels, labels]))}
         losses["bn"] = torch.stack(bn_terms).sum() if bn_terms else logits.new_zeros(())
         if hp.contrastive:
-            a, b = (self.projection(embeddings) if self.projection is not None else embeddings).chunk(2)
+            a, b = (self.projection(features) if self.projection is not None else features).chunk(2)
             same_class = labels if hp.contrastive_negatives == "same_class" else None
             losses["contrastive"] = contrastive_loss(a, b, hp.contrastive_temperature, same_class)
         else:
@@ -318,6 +326,14 @@ class FRAMI(Distiller):
         losses["total"] = losses["ce"] + hp.bn_weight * losses["bn"] + hp.contrastive_weight * losses["contrastive"]
         losses["teacher_acc"] = (logits.argmax(-1) == torch.cat([labels, labels])).float().mean().detach()
         return losses
+
+    def teacher_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The teacher's representation the contrastive term compares (``contrastive_features``), and its logits."""
+        if self.hparams.contrastive_features == "pooled":
+            states = self.teacher.hidden_states(x)
+            return states.pooled, states.logits
+        embeddings = self.teacher.embed(x)
+        return embeddings, self.teacher.classifier(embeddings)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = self.generator.parameters() if self.generator is not None else [self.synthetic]

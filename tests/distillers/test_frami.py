@@ -218,3 +218,21 @@ def test_projection_head_is_trained_with_the_contrastive_term(tmp_path: Path, da
     optimizer.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, model.projection.parameters()))
     assert frami(teacher, data).projection is None  # the default: NT-Xent on the teacher's embedding
+
+
+def test_contrastive_term_on_the_pooled_statistics(tmp_path: Path, data: SyntheticSounds) -> None:
+    teacher = write_teacher(tmp_path / "t.safetensors", data)
+    model = frami(teacher, data, contrastive_features="pooled", projection_dim=8)
+    x = model.synthetic.detach()
+    features, logits = model.teacher_features(x)
+    states = model.teacher.hidden_states(x)
+    torch.testing.assert_close(features, states.pooled)  # [B, 2D]: means and stds over time
+    torch.testing.assert_close(logits, model.teacher(x))
+    assert model.projection[0].in_features == 2 * model.teacher.frame_dim
+    embedding, _ = frami(teacher, data).teacher_features(x)
+    assert embedding.shape == (len(x), model.teacher.embed_dim)  # the default compares the segment embedding
+    losses = model.inversion_losses(*model.inversion_batch())
+    assert float(losses["contrastive"]) > 0.0
+    convnet = write_teacher(tmp_path / "convnet.safetensors", data, network="convnet")
+    with pytest.raises(ValueError, match="contrastive_features 'pooled' needs a statistics-pooling teacher"):
+        frami(convnet, data, reuse_hidden=False, contrastive_features="pooled")
