@@ -179,13 +179,16 @@ def test_real_training_batches_never_reach_a_loss(tmp_path: Path, data: Syntheti
 
 
 # ------------------------------------------------------------------------------------------ CLI
-@pytest.mark.parametrize(("synthesis", "split"), [("direct", "test"), ("generator", "val")])
+@pytest.mark.parametrize(
+    ("synthesis", "split", "teacher_flag"),
+    [("direct", "test", "--model.teacher"), ("generator", "val", "--model.init_args.teacher")],
+)  # both spellings of the flag; the config's own teacher path does not exist in the test's folder
 def test_cli_inverts_distils_exports_and_reconstructs(
-    tmp_path: Path, data: SyntheticSounds, synthesis: str, split: str
+    tmp_path: Path, data: SyntheticSounds, synthesis: str, split: str, teacher_flag: str
 ) -> None:
     teacher = write_teacher(tmp_path / "teacher.safetensors", data)
     main([
-        "fit", "--config", str(CONFIGS / "frami_synthetic.yaml"), *CLI_DATA, f"--model.init_args.teacher={teacher}",
+        "fit", "--config", str(CONFIGS / "frami_synthetic.yaml"), *CLI_DATA, f"{teacher_flag}={teacher}",
         f"--model.init_args.synthesis={synthesis}", f"--model.init_args.eval_split={split}", "--model.init_args.ipc=2", "--model.init_args.batch_size=8",
         "--model.init_args.student_options={width: 8, embed_dim: 8}", "--model.init_args.student_steps=3",
         "--model.init_args.student_repeats=2", "--trainer.max_steps=2", "--trainer.logger.init_args.save_dir=runs",
