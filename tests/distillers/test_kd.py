@@ -47,7 +47,7 @@ def teacher() -> torch.nn.Module:
     torch.manual_seed(0)
     net = build_network("statpool", SHAPE, 4, width=16, embed_dim=16)
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(150):
+    for _ in range(400):
         x = torch.randn(64, *SHAPE)
         loss = F.cross_entropy(net(x), rule_labels(x))
         optimizer.zero_grad()
