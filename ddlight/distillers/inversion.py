@@ -42,7 +42,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Synset
-from ddlight.distillers.kd import check_hidden_states, distil_student
+from ddlight.distillers.kd import check_hidden_states, distil_student, has_hidden_states
 from ddlight.evaluation import accuracy, summarize
 from ddlight.io import atomic_write, save_json
 from ddlight.networks import AudioNetwork, build_network
@@ -270,7 +270,7 @@ class FRAMI(Distiller):
             student_network = build_network(student, self.in_shape, num_classes, **(student_options or {}))
             check_hidden_states(self.teacher, student_network)
         self.views = views if views is not None else SpecAugment(p=0.8, gain=0.1, noise=0.05)
-        if contrastive and contrastive_features == "pooled" and not callable(getattr(self.teacher, "hidden_states", None)):
+        if contrastive and contrastive_features == "pooled" and not has_hidden_states(self.teacher):
             raise ValueError(
                 f"contrastive_features 'pooled' needs a statistics-pooling teacher (network 'statpool'), got "
                 f"{self.teacher_header['network']!r}; use contrastive_features 'embedding'"

@@ -30,6 +30,11 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     return temperature**2 * F.kl_div(student, teacher, reduction="batchmean", log_target=True)
 
 
+def has_hidden_states(network: nn.Module) -> bool:
+    """Whether ``network`` exposes ``hidden_states(x)`` (a statistics-pooling network)."""
+    return callable(getattr(network, "hidden_states", None))
+
+
 def check_hidden_states(teacher: nn.Module, student: nn.Module) -> None:
     """Raise unless both networks expose ``hidden_states(x)`` (statistics-pooling networks).
 
@@ -37,7 +42,7 @@ def check_hidden_states(teacher: nn.Module, student: nn.Module) -> None:
         ValueError: Naming the network that lacks them.
     """
     for role, network in (("teacher", teacher), ("student", student)):
-        if not callable(getattr(network, "hidden_states", None)):
+        if not has_hidden_states(network):
             raise ValueError(
                 f"hidden-state reuse needs a {role} with a statistics-pooling layer (network 'statpool'), "
                 f"got {type(network).__name__}; use a statpool {role} or switch hidden-state reuse off"
