@@ -132,6 +132,13 @@ class SpecAugment(nn.Module):
             x = x + self.noise * torch.randn_like(x) * self._coin(b, x.device).view(b, 1, 1, 1).to(x.dtype)
         return x
 
+    def config(self) -> dict[str, float | int | str] | None:
+        """The settings as a plain dict for manifests; None when disabled (no augmentation)."""
+        if not self.enabled:
+            return None
+        names = ("p", "max_shift", "shift_mode", "time_masks", "max_time_mask", "freq_masks", "max_freq_mask", "gain", "noise")
+        return {name: getattr(self, name) for name in names}
+
     def extra_repr(self) -> str:
         return (
             f"p={self.p}, max_shift={self.max_shift}, shift_mode={self.shift_mode!r}, time_masks={self.time_masks}, "

@@ -6,7 +6,8 @@ Plain torch, no Lightning and no dataset knowledge. The pieces are:
   :func:`max_entropy`, :func:`variation_ratios`, :func:`margin`, :func:`bald` and
   :func:`random_scores`, as used by Gal et al. (ICML 2017) and by Gudur & Thomaz;
 * MC dropout: :func:`mc_dropout_probs` (all passes in one replicated forward),
-  :func:`enable_mc_dropout` and :func:`insert_mc_dropout` for networks without dropout;
+  :func:`enable_mc_dropout`, :func:`has_dropout`, :func:`insert_mc_dropout` for networks without
+  dropout and :func:`remove_dropout` for studies that train every network without it;
 * the core-set baseline :func:`kcenter_greedy` (Sener & Savarese, ICLR 2018);
 * selection: :func:`select_top_k`, the :data:`ACQUISITIONS` registry and :func:`acquire`;
 * :func:`score_pool_sharded` to split pool scoring over the ranks of a distributed job.
@@ -37,6 +38,11 @@ DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
 #: Signature shared by the entries of :data:`ACQUISITIONS`: probabilities ``[T, N, K]`` (or
 #: ``[N, K]``) and an optional generator in, one score per pool item ``[N]`` out.
 ScoreFn = Callable[[Tensor, torch.Generator | None], Tensor]
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """Whether ``model`` has a dropout module (:data:`DROPOUT_TYPES`): what MC dropout samples."""
+    return any(isinstance(m, DROPOUT_TYPES) for m in model.modules())
 
 
 def _check_probs(probs: Tensor, ndim: int) -> None:
@@ -239,6 +245,25 @@ def insert_mc_dropout(
         parent = model.get_submodule(parent_name)
         linear = getattr(parent, child_name)
         setattr(parent, child_name, nn.Sequential(nn.Dropout(p), linear).train(linear.training))
+    return model
+
+
+def remove_dropout(model: nn.Module) -> nn.Module:
+    """Replace every dropout submodule of ``model`` (:data:`DROPOUT_TYPES`) by ``nn.Identity``, in place.
+
+    In eval mode the network computes exactly what it did before; in train mode it drops nothing.
+    Dropout has no parameters, so parameter names do not change.
+
+    Args:
+        model: Network to modify.
+
+    Returns:
+        The same ``model``, without dropout.
+    """
+    for name, module in list(model.named_modules()):
+        if name and isinstance(module, DROPOUT_TYPES):
+            parent_name, _, child_name = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child_name, nn.Identity())
     return model
 
 

@@ -5,7 +5,8 @@
 
 For each architecture present on both sides it lists the accuracy of every AL strategy at the budgets
 of at least ``--min-percent`` % of the pool (20–60 % in the paper) next to each distilled set at its
-tiny share of the pool, ``ipc x classes / pool size``, and the **reduction factor** in labelled
+tiny share of the pool, ``ipc x classes / pool size``, under the "Total Training Data" row (the same
+network trained on the whole pool, from the AL run), and the **reduction factor** in labelled
 samples:
 
     reduction = n_AL / n_DD
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ddlight.active_learning.report import STRATEGY_NAMES, format_percent
+from ddlight.active_learning.report import STRATEGY_NAMES, TOTAL, format_percent
 from ddlight.io import atomic_write, load_json
 
 
@@ -77,8 +78,9 @@ def compare(
         tolerance: See :func:`reduction_factor`.
 
     Returns:
-        One dict per architecture: ``architecture``, ``distilled`` (label, size, percent, accuracy,
-        repeats) and ``al`` (strategy, points, repeats, reductions: one per distilled set).
+        One dict per architecture: ``architecture``, ``total`` (the total-training-data summary of the
+        AL run, or ``None`` if it has none), ``distilled`` (label, size, percent, accuracy, repeats)
+        and ``al`` (strategy, points, repeats, reductions: one per distilled set).
 
     Raises:
         ValueError: If the documents are of different datasets or share no architecture.
@@ -115,8 +117,9 @@ def compare(
             for res in doc["results"]
             if res["network"] == arch
         ]
+        total = next((t for doc in al for t in doc.get("total", []) if t["network"] == arch), None)
         if sets and strategies:
-            rows.append({"architecture": arch, "distilled": sets, "al": strategies})
+            rows.append({"architecture": arch, "total": total, "distilled": sets, "al": strategies})
     if not rows:
         raise ValueError("the AL and distilled results share no architecture; evaluate both on the same networks")
     repeats = {s["repeats"] for row in rows for s in row["distilled"]} | {
@@ -151,6 +154,11 @@ def markdown(rows: Sequence[dict[str, Any]], dataset: str, tolerance: float) -> 
         header = ["Method", "% Samples", "Samples", "Accuracy", "Repeats"]
         header += [f"Reduction vs {s['label']}" for s in sets]
         lines += [f"## {row['architecture']}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        if row["total"]:
+            total = row["total"]
+            cells = [STRATEGY_NAMES[TOTAL], format_percent(total["percent"]), str(total["labelled"])]
+            cells += [_accuracy(total), str(len(total["runs"]))] + ["–"] * len(sets)
+            lines.append("| " + " | ".join(cells) + " |")
         for s in sets:
             cells = [f"Distilled {s['label']}", format_percent(s["percent"]), str(s["size"])]
             cells += [_accuracy(s["accuracy"]), str(s["repeats"])] + ["–"] * len(sets)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
 from ddlight.augment import SpecAugment
-from ddlight.evaluation import BASELINES, build_report, evaluate_synset, markdown_table, write_report
+from ddlight.evaluation import BASELINES, build_report, evaluate_synset, markdown_table, protocol_recipe, write_report
 
 
 class SynsetEvaluator(Callback):
@@ -32,7 +32,9 @@ class SynsetEvaluator(Callback):
         architectures: Networks to evaluate (names of :data:`ddlight.networks.NETWORKS`).
         repeats: Fresh networks per architecture and set.
         epochs: Training epochs of each network.
-        lr: Initial SGD learning rate (×0.1 at half the epochs).
+        lr: Initial SGD learning rate (×0.1 at half the epochs), or ``auto``: the set's learned step size
+            (MTT's ``syn_lr``, as the original evaluates), 0.01 for sets without one. Every set of the
+            report (synthetic, baselines, full) is trained with it; ``evaluation.json`` records it.
         batch_size: Minibatch size.
         baselines: Real-subset baselines (any of ``random``, ``herding``, ``kcenter``).
         every_n_steps: Also evaluate (synthetic set only, no files) every N global steps.
@@ -41,6 +43,8 @@ class SynsetEvaluator(Callback):
         expert_dir: Expert trajectories whose final expert embeds real data for herding / k-center
             (default: a quick ConvNet trained on the real training features).
         seed: Base seed of the protocol.
+        full: Also train on the whole real training split: the reference of the gap closure
+            ``g = (synthetic - random) / (full - random)`` in the report (costly: once per run).
     """
 
     def __init__(
@@ -48,7 +52,7 @@ class SynsetEvaluator(Callback):
         architectures: list[str] | None = None,
         repeats: int = 5,
         epochs: int = 300,
-        lr: float = 0.01,
+        lr: float | Literal["auto"] = "auto",
         batch_size: int = 256,
         baselines: list[str] | None = None,
         every_n_steps: int | None = None,
@@ -56,6 +60,7 @@ class SynsetEvaluator(Callback):
         network_options: dict[str, dict[str, Any]] | None = None,
         expert_dir: str | None = None,
         seed: int = 0,
+        full: bool = False,
     ) -> None:
         baselines = list(BASELINES) if baselines is None else list(baselines)
         unknown = sorted(set(baselines) - set(BASELINES))
@@ -74,12 +79,19 @@ class SynsetEvaluator(Callback):
         self.network_options = network_options
         self.expert_dir = expert_dir
         self.seed = seed
+        self.full = full
         self.paths: tuple[Path, Path] | None = None
         self._table = ""
         self._real: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         self._last_step = -1
 
-    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, baselines: list[str]) -> tuple[Any, list]:
+    def recipe(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The training recipe of every network of the report, ``lr`` resolved for this set."""
+        return protocol_recipe(self.lr, manifest, self.epochs, self.batch_size, self.augment, self.repeats, self.seed)
+
+    def _evaluate(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, baselines: list[str], full: bool = False
+    ) -> tuple[Any, list]:
         synset = pl_module.to_synset()
         device = pl_module.device
         if self._real is None:  # the real features do not change during a run: compute them once
@@ -89,9 +101,9 @@ class SynsetEvaluator(Callback):
         results = evaluate_synset(
             synset.features, synset.targets, train_x, train_y, test_x, test_y, synset.manifest["ipc"],
             architectures=self.architectures, baselines=baselines, repeats=self.repeats,
-            network_options=self.network_options, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-            augment=SpecAugment() if self.augment else None, expert_dir=self.expert_dir, seed=self.seed,
-            device=device,
+            network_options=self.network_options, epochs=self.epochs, lr=self.recipe(synset.manifest)["lr"],
+            batch_size=self.batch_size, augment=SpecAugment() if self.augment else None, expert_dir=self.expert_dir,
+            seed=self.seed, device=device, full=full,
         )
         metrics = {}
         for row in results:
@@ -119,11 +131,11 @@ class SynsetEvaluator(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        synset, results = self._evaluate(trainer, pl_module, self.baselines)
+        synset, results = self._evaluate(trainer, pl_module, self.baselines, full=self.full)
         manifest = synset.manifest
         report = build_report(
             manifest.get("dataset", "unknown"), manifest.get("method", type(pl_module).__name__.lower()),
-            manifest["ipc"], manifest.get("features"), results,
+            manifest["ipc"], manifest.get("features"), results, self.recipe(manifest),
         )
         self.paths = write_report(Path(trainer.log_dir or "."), report)
         for logger in trainer.loggers:

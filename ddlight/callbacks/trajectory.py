@@ -10,10 +10,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from ddlight.augment import SpecAugment
 from ddlight.io import MANIFEST, load_json, save_json, save_tensors
 
 #: Manifest keys that must agree before new experts are appended to an existing folder.
-_COMPATIBLE_KEYS = ("network", "network_options", "in_shape", "num_classes", "optimizer", "data")
+_COMPATIBLE_KEYS = ("network", "network_options", "in_shape", "num_classes", "optimizer", "augment", "data")
 
 
 class TrajectoryRecorder(Callback):
@@ -79,6 +80,8 @@ class TrajectoryRecorder(Callback):
             "in_shape": list(hp.get("in_shape")),
             "num_classes": int(hp.get("num_classes")),
             "optimizer": {"name": type(optimizer).__name__.lower(), **defaults},
+            "augment": augment.config() if isinstance(augment := getattr(pl_module, "augment", None), SpecAugment) else None,
+            "independent_orders": getattr(pl_module, "orders", 1) > 1,
             "every_n_epochs": self.every_n_epochs,
             "batch_size": getattr(trainer.datamodule, "batch_size", None),
             "data": describe() if describe else None,

@@ -10,6 +10,7 @@ link them into the model.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 import hashlib
 import math
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ddlight.features import AudioFeatures, FeatureConfig
 
@@ -53,6 +54,36 @@ class WaveformDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         wave = torch.from_numpy(np.array(self.data.waves[index], dtype=np.float32))
         return wave, torch.tensor(int(self.data.labels[index]), dtype=torch.long)
+
+
+class IndependentOrders(Sampler[list[int]]):
+    """Batches that put side by side ``orders`` independent shuffles of one dataset.
+
+    Step ``i`` yields the ``i``-th minibatch of each of ``orders`` permutations, concatenated (``orders``
+    equal chunks), so ``orders`` networks trained side by side each see the data in their own order
+    (MTT's experts: own initialisation *and* own batch order). The permutations are drawn from torch's
+    global generator at the start of every epoch, as a shuffling DataLoader does, so
+    ``seed_everything`` makes them reproducible.
+
+    Args:
+        size: Number of samples.
+        batch_size: Minibatch size of each order.
+        orders: Number of independent orders.
+    """
+
+    def __init__(self, size: int, batch_size: int, orders: int) -> None:
+        if size < 1 or batch_size < 1 or orders < 1:
+            raise ValueError(f"size, batch_size and orders must be >= 1, got {size}, {batch_size}, {orders}")
+        self.size, self.batch_size, self.orders = size, batch_size, orders
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
+        permutations = [torch.randperm(self.size, generator=generator) for _ in range(self.orders)]
+        for start in range(0, self.size, self.batch_size):
+            yield torch.cat([p[start : start + self.batch_size] for p in permutations]).tolist()
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.batch_size)
 
 
 class AudioDataModule(L.LightningDataModule, ABC):
@@ -94,6 +125,9 @@ class AudioDataModule(L.LightningDataModule, ABC):
         self.seed = seed
         self.features: AudioFeatures = self.feature_config.build(sample_rate)
         self.splits: dict[str, WaveformSet] = {}
+        #: Independent shuffles per training batch (see :class:`IndependentOrders`); set by a model that
+        #: trains several networks side by side, e.g. :class:`~ddlight.tasks.Classifier`.
+        self.train_orders = 1
 
     # ----------------------------------------------------------------------------------------- shape
     @property
@@ -148,7 +182,15 @@ class AudioDataModule(L.LightningDataModule, ABC):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        if self.train_orders == 1:
+            return self._loader("train", shuffle=True)
+        dataset = self.dataset("train")
+        return DataLoader(
+            dataset,
+            batch_sampler=IndependentOrders(len(dataset), self.batch_size, self.train_orders),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

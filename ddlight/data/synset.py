@@ -70,6 +70,12 @@ class SynsetDataModule(L.LightningDataModule):
         """Feature shape ``(C, F, T)`` of the distilled set."""
         return tuple(self.synset.features.shape[1:])  # type: ignore[return-value]
 
+    @property
+    def learned_lr(self) -> float | None:
+        """The step size the set was distilled with (MTT's ``syn_lr``), None when it has none."""
+        value = self.synset.manifest.get("syn_lr")
+        return float(value) if value is not None else None
+
     def _check_compatible(self, real: AudioDataModule) -> None:
         manifest = self.synset.manifest
         ours = {

@@ -40,7 +40,7 @@ def trajectory_loss(student: Tensor, start: Tensor, target: Tensor) -> Tensor:
 class MTT(Distiller):
     """Matching Training Trajectories, with DATM soft labels and an FTD exponential moving average.
 
-    Each training step samples an expert and a start epoch ``t ≤ max_start_epoch``, starts a student
+    Each training step samples an expert and a start epoch ``t`` in ``[0, max_start_epoch)``, starts a student
     network at the expert's parameters ``θ*_t``, takes ``syn_steps`` differentiable SGD steps on
     (augmented) minibatches of the synthetic set with the learnable step size ``syn_lr`` and minimises
     :func:`trajectory_loss` against ``θ*_{t+expert_epochs}``. The synthetic set is updated with SGD
@@ -73,7 +73,8 @@ class MTT(Distiller):
         expert_dir: Folder of expert trajectories written by the expert config.
         syn_steps: Differentiable student steps ``N`` per update.
         expert_epochs: Expert epochs ``M`` the student must cover.
-        max_start_epoch: Largest start epoch ``t`` (clipped to what the experts recorded).
+        max_start_epoch: Start epochs are drawn from ``[0, max_start_epoch)`` as in the original (clipped to
+            what the experts recorded).
         lr_img: Learning rate of the synthetic features (normalised feature space).
         lr_lr: Learning rate of ``syn_lr``.
         lr_label: Learning rate of the soft-label logits.
@@ -87,6 +88,9 @@ class MTT(Distiller):
         max_bad_steps: Consecutive non-finite steps tolerated before stopping.
         min_syn_lr: Lower clamp of ``syn_lr``.
         max_syn_lr: ``syn_lr`` above this stops training.
+        allow_augment_mismatch: Match trajectories recorded with another augmentation setting than
+            ``augment`` (by default that is refused: the original's experts train with the very
+            augmentation the student sees).
     """
 
     def __init__(
@@ -113,10 +117,11 @@ class MTT(Distiller):
         max_bad_steps: int = 10,
         min_syn_lr: float = 1e-5,
         max_syn_lr: float = 1.0,
+        allow_augment_mismatch: bool = False,
     ) -> None:
         super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale)
-        if syn_steps < 1 or expert_epochs < 1 or max_start_epoch < 0:
-            raise ValueError("syn_steps and expert_epochs must be >= 1 and max_start_epoch >= 0")
+        if syn_steps < 1 or expert_epochs < 1 or max_start_epoch < 1:
+            raise ValueError("syn_steps, expert_epochs and max_start_epoch must be >= 1")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
         if not 0.0 < min_syn_lr < max_syn_lr:
@@ -143,7 +148,7 @@ class MTT(Distiller):
                 f"experts in {self.hparams.expert_dir} have {snapshots - 1} epochs, fewer than "
                 f"expert_epochs={self.hparams.expert_epochs}; record longer experts"
             )
-        self.max_start = min(self.hparams.max_start_epoch, snapshots - 1 - self.hparams.expert_epochs)
+        self.max_start = min(self.hparams.max_start_epoch, snapshots - self.hparams.expert_epochs)
         self.experts = experts
         self.build_student(manifest)
         if self.hparams.syn_lr_init is None:
@@ -179,6 +184,14 @@ class MTT(Distiller):
                 f"Regenerate them with `ddlight fit --config configs/expert_{data.get('dataset')}.yaml` using the "
                 f"same data options, or point expert_dir at matching experts."
             )
+        recorded_augment, augment = manifest.get("augment"), self.augment.config()
+        if recorded_augment != augment and not self.hparams.allow_augment_mismatch:
+            raise ValueError(
+                f"experts in {self.hparams.expert_dir} were trained with augmentation {recorded_augment} but this "
+                f"distillation augments with {augment}: the student must see what the experts saw. Record experts "
+                f"with --model.init_args.augment {str(augment is not None).lower()} (configs/expert_*.yaml), set "
+                f"augment to match, or pass --model.init_args.allow_augment_mismatch true."
+            )
 
     def flat(self, expert: dict[str, Tensor], epoch: int) -> Tensor:
         """Expert parameters at ``epoch`` as one flat vector (student parameter order)."""
@@ -190,21 +203,30 @@ class MTT(Distiller):
         return {name: p.view(shape) for (name, shape), p in zip(self.shapes.items(), params.split(sizes))}
 
     # -------------------------------------------------------------------------------------- unroll
+    def minibatches(self) -> list[Tensor]:
+        """Index minibatches of the ``syn_steps`` student steps, as in the original MTT.
+
+        Each pass over the set is a fresh permutation cut into chunks of ``batch_syn`` (the last chunk of
+        a pass may be smaller); a chunk never spans two passes, so no step sees a sample twice and a
+        ``batch_syn`` of at least the set size uses the whole set once per step.
+        """
+        n = len(self.synthetic)
+        batch = min(self.hparams.batch_syn or n, n)
+        chunks: list[Tensor] = []
+        while len(chunks) < self.hparams.syn_steps:
+            chunks.extend(torch.randperm(n, generator=self.generator).split(batch))
+        return chunks[: self.hparams.syn_steps]
+
     def unroll(self, start: Tensor) -> Tensor:
         """Take ``syn_steps`` differentiable SGD steps of the student from ``start`` on the synthetic set.
-
-        Each pass over the set is a fresh permutation cut into ``batch_syn`` minibatches.
 
         Returns:
             The final flat parameters, differentiable w.r.t. the set, ``syn_lr`` and the labels.
         """
         x, y = self.synthetic, self.targets()
-        batch = self.hparams.batch_syn or len(x)
-        passes = math.ceil(self.hparams.syn_steps * batch / len(x))
-        order = torch.cat([torch.randperm(len(x), generator=self.generator) for _ in range(passes)])
         params = start.detach().requires_grad_(True)
-        for step in range(self.hparams.syn_steps):
-            idx = order[step * batch : (step + 1) * batch].to(x.device)
+        for idx in self.minibatches():
+            idx = idx.to(x.device)
             logits = functional_call(self.student, self.unflatten(params), (self.augment(x[idx]),))
             loss = soft_cross_entropy(logits, y[idx])
             (grad,) = torch.autograd.grad(loss, params, create_graph=True)
@@ -214,7 +236,7 @@ class MTT(Distiller):
     def matching_loss(self) -> tuple[Tensor, int]:
         """Sample an expert and a start epoch, unroll the student, return the loss and the start epoch."""
         expert = self.experts[int(torch.randint(len(self.experts), (1,), generator=self.generator))]
-        start = int(torch.randint(self.max_start + 1, (1,), generator=self.generator))
+        start = int(torch.randint(self.max_start, (1,), generator=self.generator))  # [0, max_start)
         theta = self.flat(expert, start)
         target = self.flat(expert, start + self.hparams.expert_epochs)
         return trajectory_loss(self.unroll(theta), theta, target), start

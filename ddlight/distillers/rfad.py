@@ -2,21 +2,25 @@
 
 Loo et al., "Efficient Dataset Distillation using Random Feature Approximation" (NeurIPS 2022), the
 method Gudur & Thomaz use for audio (their Algorithm 1). Every step samples ``M`` fresh random ConvNets
-(no normalisation, He-Gaussian weights, the NNGP/NTK setting), maps the real batch and the synthetic set
-to the concatenation of their final pooled conv features scaled by ``1/sqrt(M*D)``, and regresses the
-real labels on the synthetic set with kernel ridge regression:
+(no normalisation, He-Gaussian weights, the NNGP/NTK setting), maps a real batch of ``real_batch``
+training examples and the synthetic set to the concatenation of their final pooled conv features scaled
+by ``1/sqrt(M*D)``, and regresses the real labels on the synthetic set with kernel ridge regression
+under the kernel of those features followed by a random linear readout (weight variance ``2/D``, bias
+variance ``c``, as the original's ``2 * K + 0.01``):
 
-    K_ts = phi(X_t) phi(S)^T,   K_ss = phi(S) phi(S)^T,
+    K(a, b) = 2 phi(a) phi(b)^T + c,    K_ts = K(X_t, S),   K_ss = K(S, S),
     y_hat = K_ts (K_ss + lambda * tr(K_ss)/|S| * I)^-1 Y_s          (solved in float64)
 
 The loss on the real batch (Platt-scaled cross-entropy ``CE(y_hat / tau, y)`` with a learnable
 temperature, or ``0.5 * mean((Y_t - y_hat)^2)``) is differentiated with respect to the synthetic set
 (and, optionally, the regression targets ``Y_s`` and ``tau``). Regression targets are centred one-hot
-vectors ``onehot - 1/K`` as in the original code.
+vectors ``onehot - 1/K`` as in the original code. The real batch is drawn every step from the whole
+normalised training split held on the device, independently of the DataModule's batch size.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
@@ -29,8 +33,19 @@ from torch import Tensor, nn
 from ddlight.distillers.base import Distiller
 from ddlight.networks.layers import conv_pool_stack
 
-#: Offset that separates the seeds of the fixed validation networks from the per-step ones.
-_EVAL_SEED_OFFSET = 2**40
+#: Weight variance (times ``1/D``) of the random readout layer: the factor of the original's ``2 * K``.
+_READOUT_GAIN = 2.0
+#: Real examples mapped to features at once (the original's real minibatch), which bounds the memory.
+_REAL_CHUNK = 1280
+
+
+def derive_seed(*parts: object) -> int:
+    """A 32-bit seed hashed from ``parts`` (e.g. a purpose, the run seed, the step and the rank).
+
+    Distinct parts give unrelated seeds, and 32 bits are all torch's CPU generator uses of a seed, so
+    draws differ between purposes, steps and ranks on the CPU as on the GPU.
+    """
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=4).digest(), "little")
 
 
 def sample_random_convnets(
@@ -76,6 +91,23 @@ def random_features(x: Tensor, networks: Sequence[nn.Module]) -> Tensor:
     """
     feats = torch.cat([net(x).flatten(1) for net in networks], dim=1)
     return feats / math.sqrt(feats.shape[1])
+
+
+def readout_kernel(phi_a: Tensor, phi_b: Tensor, constant: float) -> Tensor:
+    """Kernel ``2 phi_a phi_b^T + constant`` of the random features followed by a random linear readout.
+
+    The readout has weights ``N(0, 2/D)`` (He) and biases of variance ``constant``, so the NNGP kernel
+    of its outputs is the scaled feature kernel plus a constant (bias) term, as in the RFAD code.
+
+    Args:
+        phi_a: Features ``[A, D']`` from :func:`random_features`.
+        phi_b: Features ``[B, D']``.
+        constant: Constant kernel term (the readout bias variance; the original's 0.01).
+
+    Returns:
+        Kernel matrix ``[A, B]``.
+    """
+    return _READOUT_GAIN * (phi_a @ phi_b.T) + constant
 
 
 def kernel_ridge_solve(k_ss: Tensor, y_s: Tensor, ridge: float) -> Tensor:
@@ -131,12 +163,15 @@ class Snapshot(NamedTuple):
 class RFAD(Distiller):
     """Random Feature Approximation Distillation (Loo et al., 2022; Gudur & Thomaz, Algorithm 1).
 
-    Each training step takes a real batch, samples ``num_models`` random ConvNets from
-    ``seed`` and the global step (identical on every DDP rank), predicts the batch's labels by kernel
-    ridge regression on the synthetic set and updates the set with Adam. Under DDP each rank holds a
-    shard of the batch and the gradients are averaged across ranks, which equals the gradient of the
-    union batch for equal shards. Validation (and test) report the kernel regression accuracy of the
-    current set under ``num_eval_models`` fixed random networks: ``val/acc``, the quantity to early-stop on.
+    At fit start the normalised training split is held on the device. Each training step draws a real
+    batch of ``real_batch`` distinct examples from it (seeded by ``seed``, the global step and the rank,
+    so a run and its resumption draw the same batches; the DataModule's batches only clock the steps),
+    samples ``num_models`` random ConvNets from ``seed`` and the global step (identical on every DDP
+    rank), predicts the batch's labels by kernel ridge regression on the synthetic set and updates the
+    set with Adam. Under DDP each rank draws its own real batch and the gradients are averaged across
+    ranks, which equals the gradient of the union of the batches. Validation (and test) report the
+    kernel regression accuracy of the current set under ``num_eval_models`` fixed random networks:
+    ``val/acc``, on which the run keeps its best set and stops early.
 
     Args:
         in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
@@ -149,18 +184,25 @@ class RFAD(Distiller):
         num_models: Random networks ``M`` sampled at every step.
         width: Channels of the random ConvNets.
         depth: Conv blocks of the random ConvNets.
-        ridge: Relative ridge ``lambda`` (times ``tr(K_ss)/|S|``). The default 1e-6 is the original's:
-            with ``|S|`` far below the feature dimension ``K_ss`` is full rank, RFAD wants (near)
-            interpolation, and the ridge only guards the float64 solve.
+        ridge: Relative ridge ``lambda`` (times ``tr(K_ss)/|S|``, the mean eigenvalue of ``K_ss``). The
+            default 5e-3 is the original's (``--jit`` of its ``run_distillation.py``).
+        kernel_constant: Constant term ``c`` added to every kernel entry (``K_ss``, ``K_ts`` and the
+            validation kernels): the bias variance of the random readout. The original's is 0.01; 0
+            drops the term.
+        real_batch: Real examples drawn per step and rank, at most the training split's size. The
+            default 5120 is the original's (4 batches of 1280).
         loss: ``ce`` (Platt-scaled cross-entropy with a learnable temperature) or ``mse``.
         temperature: Initial Platt temperature ``tau`` (``logits = y_hat / tau``).
         lr: Adam learning rate of the synthetic set.
         lr_labels: Adam learning rate of the learnable labels.
         lr_temperature: Adam learning rate of ``log(tau)``.
         num_eval_models: Fixed random networks of the validation/test kernel.
-        seed: Seed of all random networks (per step: ``seed`` and the global step).
+        seed: Seed of all random networks and real batches (per step: ``seed`` and the global step).
         restore_best: Export (and evaluate) the set of the best ``val/acc`` seen, not the last one, so
-            an early-stopped run keeps its best set rather than the ``patience`` steps after it.
+            an early-stopped run keeps its best set rather than the ``patience`` checks after it.
+        patience: Stop the run after this many validation checks (on the validation split) without a
+            new best ``val/acc``; ``None`` never stops early. The original stops after 1000 steps
+            without improvement at one check every 40 steps, i.e. 25 checks.
     """
 
     def __init__(
@@ -174,7 +216,9 @@ class RFAD(Distiller):
         num_models: int = 8,
         width: int = 256,
         depth: int = 3,
-        ridge: float = 1e-6,
+        ridge: float = 5e-3,
+        kernel_constant: float = 0.01,
+        real_batch: int = 5120,
         loss: Literal["ce", "mse"] = "ce",
         temperature: float = 1.0,
         lr: float = 1e-3,
@@ -183,12 +227,18 @@ class RFAD(Distiller):
         num_eval_models: int = 8,
         seed: int = 0,
         restore_best: bool = True,
+        patience: int | None = 25,
     ) -> None:
         super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale)
-        if min(num_models, num_eval_models, width, depth) < 1:
-            raise ValueError("num_models, num_eval_models, width and depth must be >= 1")
-        if ridge < 0 or temperature <= 0:
-            raise ValueError(f"ridge must be >= 0 and temperature > 0, got {ridge}, {temperature}")
+        if min(num_models, num_eval_models, width, depth, real_batch) < 1:
+            raise ValueError("num_models, num_eval_models, width, depth and real_batch must be >= 1")
+        if ridge < 0 or kernel_constant < 0 or temperature <= 0:
+            raise ValueError(
+                "ridge and kernel_constant must be >= 0 and temperature > 0, "
+                f"got {ridge}, {kernel_constant}, {temperature}"
+            )
+        if patience is not None and patience < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {patience}")
         if loss not in ("ce", "mse"):
             raise ValueError(f"loss must be 'ce' or 'mse', got {loss!r}")
         self.save_hyperparameters()
@@ -197,7 +247,11 @@ class RFAD(Distiller):
         self._eval_support: tuple[Tensor, Tensor] | None = None
         #: The best validated set so far.
         self.best: Snapshot | None = None
+        #: Validation checks since the last new best.
+        self.checks_since_best = 0
         self._val_counts = torch.zeros(2)
+        self._real: tuple[Tensor, Tensor] | None = None
+        self._generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------------------ kernel regression
     @property
@@ -215,16 +269,21 @@ class RFAD(Distiller):
     def networks_for_step(self, step: int) -> list[nn.Module]:
         """The ``num_models`` random networks of training step ``step`` (same on every rank)."""
         hp = self.hparams
-        nets = sample_random_convnets(self.in_shape, hp.num_models, hp.width, hp.depth, hp.seed * 1_000_003 + step)
+        seed = derive_seed("step", hp.seed, step)
+        nets = sample_random_convnets(self.in_shape, hp.num_models, hp.width, hp.depth, seed)
         return [net.to(self.device) for net in nets]
+
+    def kernel(self, phi_a: Tensor, phi_b: Tensor) -> Tensor:
+        """:func:`readout_kernel` with this module's ``kernel_constant``."""
+        return readout_kernel(phi_a, phi_b, self.hparams.kernel_constant)
 
     def predict(self, features: Tensor, networks: Sequence[nn.Module]) -> Tensor:
         """Kernel ridge regression predictions ``[B, K]`` (float64) of the synthetic set for ``features``."""
         phi_s = random_features(self.synthetic, networks).double()
         with torch.no_grad():
-            phi_t = random_features(features, networks).double()
-        alpha = kernel_ridge_solve(phi_s @ phi_s.T, self.regression_targets(), self.hparams.ridge)
-        return (phi_t @ phi_s.T) @ alpha
+            phi_t = torch.cat([random_features(chunk, networks) for chunk in features.split(_REAL_CHUNK)]).double()
+        alpha = kernel_ridge_solve(self.kernel(phi_s, phi_s), self.regression_targets(), self.hparams.ridge)
+        return self.kernel(phi_t, phi_s) @ alpha
 
     def loss_fn(self, preds: Tensor, labels: Tensor) -> Tensor:
         """Platt-scaled cross-entropy or MSE against centred one-hot targets."""
@@ -243,15 +302,15 @@ class RFAD(Distiller):
         return params
 
     def gradients(self, features: Tensor, labels: Tensor, step: int) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """Loss, accuracy and rank-averaged gradients of :meth:`trainable` on one (sharded) real batch.
+        """Loss, accuracy and rank-averaged gradients of :meth:`trainable` on one real batch.
 
         Args:
-            features: Real features ``[B, C, F, T]`` (this rank's shard).
+            features: Real features ``[B, C, F, T]`` (this rank's batch).
             labels: Real labels ``[B]``.
             step: Global step, which selects the random networks.
 
         Returns:
-            The loss and accuracy on this shard and the gradients averaged over all ranks.
+            The loss and accuracy on this batch and the gradients averaged over all ranks.
         """
         preds = self.predict(features, self.networks_for_step(step))
         loss = self.loss_fn(preds, labels)
@@ -259,7 +318,40 @@ class RFAD(Distiller):
         acc = (preds.argmax(-1) == labels).float().mean()
         return loss.detach(), acc, average_across_ranks(grads)
 
+    # ---------------------------------------------------------------------------------- real batches
+    def hold_real_data(self, features: Tensor, labels: Tensor) -> None:
+        """Keep the real training split (on its device) from which every step draws its real batch.
+
+        Args:
+            features: Normalised training features ``[N, C, F, T]``.
+            labels: Their labels ``[N]``.
+        """
+        self._real = (features, labels)
+        self._generator = torch.Generator(device=features.device)
+
+    def draw_real_batch(self, step: int, rank: int) -> tuple[Tensor, Tensor]:
+        """The real batch of ``step`` on ``rank``: ``min(real_batch, N)`` distinct held examples.
+
+        The draw depends only on ``seed``, ``step`` and ``rank``, so it repeats across runs and resumes
+        and differs between ranks.
+
+        Raises:
+            RuntimeError: If no training split is held (:meth:`hold_real_data`, done at fit start).
+        """
+        if self._real is None or self._generator is None:
+            raise RuntimeError("no real training data held; call hold_real_data() (done in on_fit_start)")
+        features, labels = self._real
+        self._generator.manual_seed(derive_seed("real batch", self.hparams.seed, step, rank))
+        order = torch.randperm(len(labels), generator=self._generator, device=labels.device)
+        chosen = order[: self.hparams.real_batch]
+        return features[chosen], labels[chosen]
+
     # ------------------------------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        """Initialise the set (once) and hold the normalised training split on the device."""
+        super().on_fit_start()
+        self.hold_real_data(*self.trainer.datamodule.split_features("train", device=self.device))
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
         groups: list[dict[str, Any]] = [{"params": [self.synthetic], "lr": hp.lr}]
@@ -270,7 +362,8 @@ class RFAD(Distiller):
         return torch.optim.Adam(groups)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        features, labels = batch
+        """One Adam step on this rank's drawn real batch (the loader's ``batch`` only clocks the step)."""
+        features, labels = self.draw_real_batch(self.global_step, self.global_rank)
         optimizer = self.optimizers()
         loss, acc, grads = self.gradients(features, labels, self.global_step)
         for param, grad in zip(self.trainable(), grads):
@@ -289,19 +382,19 @@ class RFAD(Distiller):
         """Fix the evaluation networks (once) and solve the regression of a set."""
         if self._eval_networks is None:
             hp = self.hparams
-            nets = sample_random_convnets(self.in_shape, hp.num_eval_models, hp.width, hp.depth, hp.seed + _EVAL_SEED_OFFSET)
-            self._eval_networks = nets
+            seed = derive_seed("eval", hp.seed)
+            self._eval_networks = sample_random_convnets(self.in_shape, hp.num_eval_models, hp.width, hp.depth, seed)
         self._eval_networks = [net.to(self.device) for net in self._eval_networks]
         with torch.no_grad():
             phi_s = random_features(features, self._eval_networks).double()
-            alpha = kernel_ridge_solve(phi_s @ phi_s.T, regression_targets, self.hparams.ridge)
+            alpha = kernel_ridge_solve(self.kernel(phi_s, phi_s), regression_targets, self.hparams.ridge)
         self._eval_support = (phi_s, alpha)
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         assert self._eval_support is not None and self._eval_networks is not None  # on_*_epoch_start
         phi_s, alpha = self._eval_support
         features, labels = batch
-        preds = (random_features(features, self._eval_networks).double() @ phi_s.T) @ alpha
+        preds = self.kernel(random_features(features, self._eval_networks).double(), phi_s) @ alpha
         correct = (preds.argmax(-1) == labels).float()
         self.log(f"{stage}/acc", correct.mean(), prog_bar=True, sync_dist=True, batch_size=len(labels))
         if stage == "val":
@@ -322,14 +415,26 @@ class RFAD(Distiller):
         self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        """Keep a copy of the set if its validation accuracy (over the epoch and all ranks) is the best."""
+        """Record the validation accuracy of the epoch (over all ranks); outside sanity checks."""
         correct, count = self.trainer.strategy.reduce(self._val_counts, reduce_op="sum").tolist()
         if count == 0 or self.trainer.sanity_checking:
             return
-        accuracy = correct / count
+        self.record_validation(correct / count)
+
+    def record_validation(self, accuracy: float) -> None:
+        """Keep a copy of the set at a new best ``accuracy``; request a stop after ``patience`` stale checks.
+
+        Every rank sees the same (reduced) accuracy, so all ranks keep the same set and stop together.
+        """
         if self.best is None or accuracy > self.best.accuracy:
             self.best = Snapshot(accuracy, self.synthetic.detach().clone(), self.targets().detach().clone(),
                                  self.regression_targets().detach().clone(), float(self.temperature.detach()))
+            self.checks_since_best = 0
+        else:
+            self.checks_since_best += 1
+        patience = self.hparams.patience
+        if patience is not None and self.checks_since_best >= patience:
+            self.trainer.should_stop = True
 
     def exported_set(self) -> tuple[Tensor, Tensor]:
         """The best validated set with ``restore_best`` (once validated), else the current one."""
@@ -352,6 +457,8 @@ class RFAD(Distiller):
                 "width": hp.width,
                 "depth": hp.depth,
                 "ridge": hp.ridge,
+                "kernel_constant": hp.kernel_constant,
+                "real_batch": hp.real_batch,
                 "loss": hp.loss,
             }
         }

@@ -8,10 +8,21 @@ protocol"). :func:`evaluate_synset` runs the whole protocol, :func:`write_report
 from ddlight.evaluation.coresets import embed, herding, kcenter, random_subset
 from ddlight.evaluation.protocol import accuracy, evaluate, fit_network, soft_cross_entropy, summarize, train_and_test
 from ddlight.evaluation.report import REPORT_JSON, REPORT_MD, build_report, markdown_table, write_report
-from ddlight.evaluation.suite import BASELINES, baseline_indices, embedding_network, evaluate_synset, expert_network
+from ddlight.evaluation.suite import (
+    BASELINES,
+    DEFAULT_LR,
+    baseline_indices,
+    embedding_network,
+    evaluate_synset,
+    expert_network,
+    gap_closure,
+    protocol_recipe,
+    resolve_lr,
+)
 
 __all__ = [
     "BASELINES",
+    "DEFAULT_LR",
     "REPORT_JSON",
     "REPORT_MD",
     "accuracy",
@@ -23,10 +34,13 @@ __all__ = [
     "evaluate_synset",
     "expert_network",
     "fit_network",
+    "gap_closure",
     "herding",
     "kcenter",
     "markdown_table",
+    "protocol_recipe",
     "random_subset",
+    "resolve_lr",
     "soft_cross_entropy",
     "summarize",
     "train_and_test",

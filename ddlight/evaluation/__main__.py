@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jsonargparse import ArgumentParser
@@ -26,7 +26,7 @@ from ddlight.augment import SpecAugment
 from ddlight.data.base import AudioDataModule
 from ddlight.data.synset import SynsetDataModule
 from ddlight.evaluation.report import build_report, markdown_table, write_report
-from ddlight.evaluation.suite import BASELINES, evaluate_synset
+from ddlight.evaluation.suite import BASELINES, evaluate_synset, protocol_recipe
 
 
 def run(
@@ -35,7 +35,7 @@ def run(
     architectures: list[str] | None = None,
     repeats: int = 5,
     epochs: int = 300,
-    lr: float = 0.01,
+    lr: float | Literal["auto"] = "auto",
     batch_size: int = 256,
     baselines: list[str] | None = None,
     augment: bool = True,
@@ -44,6 +44,7 @@ def run(
     out: str | None = None,
     seed: int = 0,
     device: str = "cuda" if torch.cuda.is_available() else "cpu",
+    full: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the distilled set in ``synset`` against real baselines and write the report.
 
@@ -53,7 +54,8 @@ def run(
         architectures: Networks to evaluate (default: convnet).
         repeats: Fresh networks per architecture and set.
         epochs: Training epochs of each network.
-        lr: Initial SGD learning rate (×0.1 at half the epochs).
+        lr: Initial SGD learning rate (×0.1 at half the epochs), or ``auto``: the set's learned step size
+            (MTT's ``syn_lr`` from its manifest), 0.01 for sets without one; used for every set.
         batch_size: Minibatch size.
         baselines: Real-subset baselines (default: random, herding, kcenter).
         augment: Train with SpecAugment.
@@ -62,6 +64,7 @@ def run(
         out: Output folder (default: the parent of ``synset``).
         seed: Base seed.
         device: Where to train.
+        full: Also train on the whole training split (the reference of the gap closure ``g``).
 
     Returns:
         The report written to ``evaluation.json``.
@@ -69,18 +72,19 @@ def run(
     synset_dm = SynsetDataModule(synset, real=data)
     synset_dm.setup("fit")
     distilled = synset_dm.synset
+    manifest = distilled.manifest
+    recipe = protocol_recipe(lr, manifest, epochs, batch_size, augment, repeats, seed)
     train_x, train_y = data.split_features("train", device=device)
     test_x, test_y = data.split_features("test", device=device)
     results = evaluate_synset(
         distilled.features, distilled.targets, train_x, train_y, test_x, test_y, distilled.manifest["ipc"],
         architectures=architectures or ["convnet"], baselines=list(BASELINES) if baselines is None else baselines,
-        repeats=repeats, network_options=network_options, epochs=epochs, lr=lr, batch_size=batch_size,
-        augment=SpecAugment() if augment else None, expert_dir=expert_dir, seed=seed, device=device,
+        repeats=repeats, network_options=network_options, epochs=epochs, lr=recipe["lr"], batch_size=batch_size,
+        augment=SpecAugment() if augment else None, expert_dir=expert_dir, seed=seed, device=device, full=full,
     )
-    manifest = distilled.manifest
     report = build_report(
         manifest.get("dataset", data.name), manifest.get("method", "unknown"), manifest["ipc"],
-        manifest.get("features"), results,
+        manifest.get("features"), results, recipe,
     )
     paths = write_report(Path(out) if out else Path(synset).resolve().parent, report)
     print(markdown_table(report), end="")

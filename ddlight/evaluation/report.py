@@ -3,10 +3,16 @@
 Layout of ``evaluation.json`` (accuracies in percent)::
 
     {"dataset": "synthetic", "method": "mtt", "ipc": 10, "features": {...},
+     "recipe": {"lr": 0.0123, "epochs": 300, ...},
      "results": [{"architecture": "convnet",
                   "synthetic": {"mean": 71.2, "std": 1.3, "runs": [...]},
-                  "random": {...}, "herding": {...}, "kcenter": {...}},
+                  "random": {...}, "herding": {...}, "kcenter": {...},
+                  "full": {...}, "g": 0.41},
                  ...]}
+
+``recipe`` is what every network of the report was trained with (``lr`` is the resolved learning rate,
+also when ``auto`` was asked); ``full`` (the whole training split) and ``g`` (gap closure
+``(synthetic - random) / (full - random)``) are present when the full-data reference was run.
 """
 
 from __future__ import annotations
@@ -19,28 +25,40 @@ from ddlight.io import atomic_write, save_json
 REPORT_JSON = "evaluation.json"
 REPORT_MD = "evaluation.md"
 #: Column order of the report (only the columns present in the results are shown).
-COLUMNS = ("synthetic", "random", "herding", "kcenter")
+COLUMNS = ("synthetic", "random", "herding", "kcenter", "full")
 
 
 def build_report(
-    dataset: str, method: str, ipc: int, features: dict[str, Any] | None, results: list[dict[str, Any]]
+    dataset: str,
+    method: str,
+    ipc: int,
+    features: dict[str, Any] | None,
+    results: list[dict[str, Any]],
+    recipe: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``evaluation.json`` document (see the module docstring for the layout)."""
-    return {"dataset": dataset, "method": method, "ipc": ipc, "features": features, "results": results}
+    report = {"dataset": dataset, "method": method, "ipc": ipc, "features": features, "results": results}
+    return report | ({"recipe": recipe} if recipe is not None else {})
 
 
 def markdown_table(report: dict[str, Any]) -> str:
     """Markdown table: one row per architecture, ``mean ± std`` per column present."""
     columns = [c for c in COLUMNS if any(c in row for row in report["results"])]
+    with_g = any("g" in row for row in report["results"])
+    lr = (report.get("recipe") or {}).get("lr")
     lines = [
         f"Real-test accuracy (%) after training on {report['ipc']} samples per class "
-        f"({report['dataset']}, {report['method']}), mean ± std over repeats.",
+        f"({report['dataset']}, {report['method']}), mean ± std over repeats"
+        + (f", lr {lr:.4g}" if lr is not None else "") + ("; full = whole training split, "
+        "g = (synthetic − random) / (full − random)." if with_g else "."),
         "",
-        "| architecture | " + " | ".join(columns) + " |",
-        "|---" * (len(columns) + 1) + "|",
+        "| architecture | " + " | ".join(columns + ["g"] * with_g) + " |",
+        "|---" * (len(columns) + 1 + with_g) + "|",
     ]
     for row in report["results"]:
         cells = [f"{row[c]['mean']:.2f} ± {row[c]['std']:.2f}" if c in row else "–" for c in columns]
+        if with_g:
+            cells.append(f"{row['g']:.2f}" if row.get("g") is not None else "–")
         lines.append(f"| {row['architecture']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -23,6 +23,52 @@ from ddlight.networks import AudioNetwork, build_network
 
 #: Baselines :func:`evaluate_synset` knows.
 BASELINES = ("random", "herding", "kcenter")
+#: Learning rate of the protocol when a set has no learned one (``lr: auto`` on a non-MTT set).
+DEFAULT_LR = 0.01
+
+
+def resolve_lr(lr: float | str, manifest: Mapping[str, Any]) -> float:
+    """The protocol's learning rate for a set: a number as given, or ``"auto"``.
+
+    ``auto`` takes the step size the set was distilled with (MTT's learned ``syn_lr`` in its manifest:
+    the original MTT trains its evaluation networks with ``lr = syn_lr``) and falls back to
+    :data:`DEFAULT_LR` for sets without one (RFAD, FRAMI, coresets).
+
+    Raises:
+        ValueError: If ``lr`` is neither a positive number nor ``"auto"``, or the manifest's ``syn_lr``
+            is not a positive number.
+    """
+    if lr == "auto":
+        value = manifest.get("syn_lr", DEFAULT_LR)
+        if not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"the set's manifest has syn_lr={value!r}; pass a learning rate instead of lr auto")
+        return float(value)
+    if isinstance(lr, str) or not lr > 0:
+        raise ValueError(f"lr must be a positive number or 'auto', got {lr!r}")
+    return float(lr)
+
+
+def protocol_recipe(
+    lr: float | str, manifest: Mapping[str, Any], epochs: int, batch_size: int, augment: bool, repeats: int, seed: int
+) -> dict[str, Any]:
+    """The ``recipe`` entry of ``evaluation.json``: what every network of a report was trained with.
+
+    ``lr`` is resolved for the set (:func:`resolve_lr`); ``lr_requested`` keeps what was asked.
+    """
+    return {
+        "lr": resolve_lr(lr, manifest), "lr_requested": lr, "epochs": epochs, "batch_size": batch_size,
+        "augment": augment, "repeats": repeats, "seed": seed,
+    }
+
+
+def gap_closure(synthetic: float, random: float, full: float) -> float | None:
+    """``g = (synthetic - random) / (full - random)``: the share of the random-to-full gap the set closes.
+
+    None when the full-data reference is not above the random subset (the ratio means nothing there).
+    """
+    if full <= random:
+        return None
+    return round((synthetic - random) / (full - random), 4)
 
 
 def expert_network(expert_dir: str | Path, device: str | torch.device = "cpu") -> AudioNetwork:
@@ -88,14 +134,18 @@ def evaluate_synset(
     repeats: int = 5,
     network_options: Mapping[str, Mapping[str, Any]] | None = None,
     epochs: int = 300,
-    lr: float = 0.01,
+    lr: float = DEFAULT_LR,
     batch_size: int = 256,
     augment: SpecAugment | None = None,
     expert_dir: str | Path | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    full: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate a synthetic set beside coreset baselines of the same size, for every architecture.
+
+    Every set (synthetic, baselines, full training split) is trained with the same recipe, so the gap
+    closure ``g`` compares like with like.
 
     Args:
         synthetic_x: Synthetic features ``[K * ipc, C, F, T]``.
@@ -117,10 +167,12 @@ def evaluate_synset(
             (default: a quick ConvNet trained on the real training set).
         seed: Base seed (subset choice, initialisations, batch order).
         device: Where to train.
+        full: Also train on the whole real training split (the reference of ``g``; costly).
 
     Returns:
         The ``results`` list of ``evaluation.json``: per architecture, ``{"architecture", "synthetic",
-        <baseline>...}`` with ``{"mean", "std", "runs"}`` each.
+        <baseline>..., "full"}`` with ``{"mean", "std", "runs"}`` each, and ``g`` (:func:`gap_closure` of
+        the means) when both ``random`` and ``full`` were run.
     """
     common = {
         "architectures": architectures, "repeats": repeats, "network_options": network_options, "epochs": epochs,
@@ -135,7 +187,13 @@ def evaluate_synset(
     for name in baselines:
         idx = baseline_indices(name, train_y, ipc, embeddings, seed).to(train_x.device)
         sets[name] = (train_x[idx], train_y[idx])
+    if full:
+        sets["full"] = (train_x, train_y)
     per_set = {
         name: evaluate(x, targets, test_x, test_y, description=name, **common) for name, (x, targets) in sets.items()
     }
-    return [{"architecture": arch, **{name: per_set[name][arch] for name in sets}} for arch in architectures]
+    results = [{"architecture": arch, **{name: per_set[name][arch] for name in sets}} for arch in architectures]
+    if full and "random" in sets:
+        for row in results:
+            row["g"] = gap_closure(row["synthetic"]["mean"], row["random"]["mean"], row["full"]["mean"])
+    return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import lightning as L
@@ -10,16 +11,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ddlight.augment import SpecAugment
 from ddlight.networks import build_network
 
 
 class Classifier(L.LightningModule):
-    """Train ``num_models`` independently initialised copies of a network on the same batches.
+    """Train ``num_models`` independently initialised copies of a network side by side.
 
     With ``num_models > 1`` one command trains several experts at once (different initialisations,
     independent parameters, summed losses so each network gets exactly its own gradient); the
-    :class:`~ddlight.callbacks.TrajectoryRecorder` callback saves each one's trajectory. Features arrive
-    already computed and normalised by the DataModule (``on_after_batch_transfer``).
+    :class:`~ddlight.callbacks.TrajectoryRecorder` callback saves each one's trajectory. With
+    ``independent_orders`` (and a DataModule that offers ``train_orders``, as every
+    :class:`~ddlight.data.base.AudioDataModule` does) each network also gets its own batch order: every
+    training batch holds ``num_models`` chunks from independent shuffles and network ``k`` trains on
+    chunk ``k``, as independently trained MTT experts do. Features arrive already computed and
+    normalised by the DataModule (``on_after_batch_transfer``); training batches are augmented with
+    :class:`~ddlight.augment.SpecAugment` when ``augment`` is on (MTT experts see the augmentation the
+    distillation's student sees; the trajectory manifest records it).
 
     Args:
         in_shape: Feature shape ``(C, F, T)`` of one clip (linked from ``data.feature_shape``).
@@ -28,9 +36,13 @@ class Classifier(L.LightningModule):
         network_options: Extra constructor arguments of the network (e.g. ``{"width": 64}``).
         num_models: Number of independent networks trained side by side.
         optimizer: ``sgd`` (the trajectory-matching standard: no momentum, no decay) or ``adam``.
-        lr: Learning rate.
+        lr: Learning rate, or ``auto``: the learned step size of the distilled set being trained on (the
+            DataModule's ``learned_lr``, e.g. MTT's ``syn_lr`` through
+            :class:`~ddlight.data.synset.SynsetDataModule`), 0.01 when it has none.
         momentum: SGD momentum.
         weight_decay: Weight decay.
+        augment: Augment training batches with :class:`~ddlight.augment.SpecAugment` (default settings).
+        independent_orders: Give every network its own batch order (``num_models > 1``).
     """
 
     def __init__(
@@ -41,9 +53,11 @@ class Classifier(L.LightningModule):
         network_options: dict[str, Any] | None = None,
         num_models: int = 1,
         optimizer: Literal["sgd", "adam"] = "sgd",
-        lr: float = 0.01,
+        lr: float | Literal["auto"] = 0.01,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        augment: bool = True,
+        independent_orders: bool = True,
     ) -> None:
         super().__init__()
         if num_models < 1:
@@ -53,6 +67,8 @@ class Classifier(L.LightningModule):
             build_network(network, tuple(in_shape), num_classes, **(network_options or {}))
             for _ in range(num_models)
         )
+        self.augment = SpecAugment(enabled=augment)
+        self.orders = 1
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_{k}": MulticlassAccuracy(num_classes, average="micro")
@@ -61,18 +77,38 @@ class Classifier(L.LightningModule):
             }
         )
 
+    def setup(self, stage: str) -> None:
+        """Ask the DataModule for one independent batch order per network (``independent_orders``)."""
+        if stage != "fit" or len(self.networks) == 1 or not self.hparams.independent_orders:
+            return
+        datamodule = self.trainer.datamodule
+        if hasattr(datamodule, "train_orders"):
+            datamodule.train_orders = len(self.networks)
+            self.orders = len(self.networks)
+        else:
+            warnings.warn(
+                f"{type(datamodule).__name__} has no train_orders: the {len(self.networks)} networks share one "
+                f"batch order", stacklevel=2,
+            )
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[M, B, K]`` of every network for features ``x`` ``[B, C, F, T]``."""
         return torch.stack([net(x) for net in self.networks])
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, targets = batch  # targets: labels [B], or soft label distributions [B, K] (distilled sets)
-        logits = self(x)
-        losses = torch.stack([F.cross_entropy(out, targets) for out in logits])
-        y = targets.argmax(-1) if targets.dim() == 2 else targets
-        for k, out in enumerate(logits):
+        if stage == "train" and self.orders > 1:  # chunk k of the batch is network k's own minibatch
+            chunks = self.augment(x).chunk(self.orders)
+            logits = torch.stack([net(chunk) for net, chunk in zip(self.networks, chunks)])
+            targets = torch.stack(targets.chunk(self.orders))
+        else:
+            logits = self(self.augment(x) if stage == "train" else x)
+            targets = targets.expand(len(self.networks), *targets.shape)
+        losses = torch.stack([F.cross_entropy(out, t) for out, t in zip(logits, targets)])
+        y = targets.argmax(-1) if targets.dim() == 3 else targets
+        for k, (out, labels) in enumerate(zip(logits, y)):
             metric = self.metrics[f"{stage}_{k}"]
-            metric(out, y)
+            metric(out, labels)
             if len(self.networks) > 1:
                 self.log(f"{stage}/acc_model{k}", metric, on_epoch=True, on_step=False)
         accuracy = (logits.argmax(-1) == y).float().mean()
@@ -89,8 +125,16 @@ class Classifier(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def learning_rate(self) -> float:
+        """``lr``, with ``auto`` resolved from the DataModule's ``learned_lr`` (0.01 without one)."""
+        if self.hparams.lr != "auto":
+            return float(self.hparams.lr)
+        learned = getattr(self.trainer.datamodule, "learned_lr", None) if self._trainer is not None else None
+        return float(learned) if learned is not None else 0.01
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
+        lr = self.learning_rate()
         if hp.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+            return torch.optim.Adam(self.parameters(), lr=lr, weight_decay=hp.weight_decay)
+        return torch.optim.SGD(self.parameters(), lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from ddlight.data.base import IndependentOrders
 from ddlight.data.synthetic import CLASSES, SyntheticSounds, synthesize
 from ddlight.features import FeatureConfig
 
@@ -57,3 +59,15 @@ def test_features_are_normalised_on_train(tiny: SyntheticSounds) -> None:
     x, y = tiny.split_features("train")
     assert x.shape == (len(y), *tiny.feature_shape)
     assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 0.05
+
+
+def test_independent_orders_are_side_by_side_permutations() -> None:
+    torch.manual_seed(0)
+    sampler = IndependentOrders(size=10, batch_size=4, orders=2)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 3
+    assert [len(b) for b in batches] == [8, 8, 4]  # two chunks of 4, 4, then 2
+    first = [i for b in batches for i in b[: len(b) // 2]]
+    second = [i for b in batches for i in b[len(b) // 2 :]]
+    assert sorted(first) == sorted(second) == list(range(10))  # each order covers the data once
+    assert first != second

@@ -177,6 +177,38 @@ def test_incompatible_or_missing_experts(experts: Path, tmp_path: Path) -> None:
         _trainer(1).fit(_mtt(tmp_path / "none"), datamodule=_data())
 
 
+def test_experts_with_other_augmentation_are_refused(experts: Path) -> None:
+    manifest = load_json(experts / "manifest.json")
+    assert manifest["augment"] is not None and manifest["independent_orders"]  # recorded by the expert run
+    data = _data()
+    data.setup("fit")
+    with pytest.raises(ValueError, match=r"augmentation.*allow_augment_mismatch"):
+        _mtt(experts, augment=False).check_experts(manifest, data.describe())
+    _mtt(experts, augment=False, allow_augment_mismatch=True).check_experts(manifest, data.describe())
+    old = {k: v for k, v in manifest.items() if k != "augment"}  # experts recorded before augmentation
+    with pytest.raises(ValueError, match="augmentation None"):
+        _mtt(experts).check_experts(old, data.describe())
+
+
+@pytest.mark.parametrize(("batch_syn", "sizes"), [(None, [6, 6, 6]), (256, [6, 6, 6]), (4, [4, 2, 4])])
+def test_minibatches_never_repeat_a_sample_within_a_step(batch_syn: int | None, sizes: list[int]) -> None:
+    mtt = MTT((1, 4, 4), 3, ipc=2, syn_steps=3, batch_syn=batch_syn)
+    batches = mtt.minibatches()
+    assert [len(b) for b in batches] == sizes
+    assert all(len(set(b.tolist())) == len(b) for b in batches)
+    if batch_syn is None or batch_syn >= 6:  # the whole set once per step
+        assert all(sorted(b.tolist()) == list(range(6)) for b in batches)
+    else:  # a pass over the set, then the next: chunks never span two permutations
+        assert sorted(torch.cat(batches[:2]).tolist()) == list(range(6))
+
+
+def test_start_epochs_are_drawn_below_max_start_epoch(experts: Path) -> None:
+    mtt = _mtt(experts, max_start_epoch=2, expert_epochs=1)
+    _trainer(1).fit(mtt, datamodule=_data())  # loads the 3-epoch experts: starts in [0, 2)
+    starts = {mtt.matching_loss()[1] for _ in range(40)}
+    assert starts == {0, 1}
+
+
 class _RankCheck(Callback):
     """After every step, gather a checksum of each rank's set (and sampled start epoch) into a file."""
 

@@ -1,4 +1,5 @@
-"""RFAD: kernel ridge regression, losses, learnable state, random networks, DDP gradients, CLI run."""
+"""RFAD: kernel ridge regression, losses, learnable state, random networks, real batches, early stopping,
+DDP gradients, CLI run."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ddlight.distillers.rfad import (
     average_across_ranks,
     kernel_ridge_solve,
     random_features,
+    readout_kernel,
     sample_random_convnets,
 )
 
@@ -62,6 +64,116 @@ def test_kernel_ridge_survives_a_singular_kernel() -> None:
     assert torch.isfinite(alpha).all()
 
 
+def test_defaults_are_the_originals() -> None:
+    hp = RFAD(SHAPE, 3).hparams  # yolky/RFAD run_distillation.py / distillation.py
+    assert hp.ridge == 5e-3 and hp.kernel_constant == 0.01 and hp.real_batch == 4 * 1280 and hp.patience == 25
+
+
+@pytest.mark.parametrize("kernel_constant", [0.01, 0.0, 1.0])
+def test_predictions_use_the_readout_kernel_with_its_constant_and_relative_ridge(kernel_constant: float) -> None:
+    options = {} if kernel_constant == 0.01 else {"kernel_constant": kernel_constant}  # 0.01: the default
+    model = tiny(**options)
+    x, _ = real_batch()
+    networks = model.networks_for_step(3)
+    phi_s = random_features(model.synthetic, networks).double()
+    phi_t = random_features(x, networks).double()
+    torch.testing.assert_close(readout_kernel(phi_t, phi_s, kernel_constant) - 2 * phi_t @ phi_s.T,
+                               torch.full((12, 6), kernel_constant, dtype=torch.float64))
+    k_ss = 2 * phi_s @ phi_s.T + kernel_constant
+    k_ts = 2 * phi_t @ phi_s.T + kernel_constant
+    regularised = k_ss + 5e-3 * torch.trace(k_ss) / 6 * torch.eye(6, dtype=torch.float64)
+    expected = k_ts @ torch.linalg.solve(regularised, model.regression_targets().double())
+    torch.testing.assert_close(model.predict(x, networks).detach(), expected)
+
+
+def test_real_batches_are_distinct_held_examples_seeded_by_step_and_rank() -> None:
+    model = tiny(real_batch=5)
+    with pytest.raises(RuntimeError, match="hold_real_data"):
+        model.draw_real_batch(0, rank=0)
+    x = torch.arange(12.0).view(12, 1, 1, 1).expand(12, *SHAPE).contiguous()  # example i is filled with i
+    y = torch.arange(12) % 3
+    model.hold_real_data(x, y)
+    features, labels = model.draw_real_batch(0, rank=0)
+    index = features[:, 0, 0, 0].long()
+    assert features.shape == (5, *SHAPE) and len(index.unique()) == 5
+    torch.testing.assert_close(labels, y[index])
+    torch.testing.assert_close(model.draw_real_batch(0, rank=0)[0], features)  # reproducible (and on resume)
+    assert not torch.equal(model.draw_real_batch(1, rank=0)[0], features)  # a new batch every step
+    assert not torch.equal(model.draw_real_batch(0, rank=1)[0], features)  # each DDP rank its own
+    whole = tiny(real_batch=100)  # clipped to the held split
+    whole.hold_real_data(x, y)
+    assert sorted(whole.draw_real_batch(0, rank=0)[0][:, 0, 0, 0].tolist()) == list(range(12))
+
+
+def _fit(model: RFAD, data: object, tmp_path: Path, **trainer_options: object) -> object:
+    """Fit ``model`` on ``data`` on the CPU without logger, checkpoints or sanity validation."""
+    import lightning as L
+
+    trainer = L.Trainer(check_val_every_n_epoch=None, num_sanity_val_steps=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
+                        default_root_dir=str(tmp_path), **trainer_options)
+    trainer.fit(model, datamodule=data)
+    return trainer
+
+
+def _small_sounds(batch_size: int = 8) -> object:
+    """SyntheticSounds with 4 training clips per class (44 in all) and a spy on the splits it computes."""
+    import lightning as L
+
+    from ddlight.data.synthetic import SyntheticSounds
+
+    L.seed_everything(0)
+    data = SyntheticSounds(train_per_class=4, val_per_class=2, test_per_class=2, duration=0.25, batch_size=batch_size)
+    data.requested_splits = []
+    split_features = data.split_features
+
+    def spy(split: str, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        data.requested_splits.append(split)
+        return split_features(split, *args, **kwargs)
+
+    data.split_features = spy
+    return data
+
+
+@pytest.mark.parametrize(("real_batch", "expected"), [(20, 20), (1000, 44)])
+def test_fit_draws_the_real_batch_independently_of_the_loader_batch(real_batch: int, expected: int,
+                                                                     tmp_path: Path) -> None:
+    data = _small_sounds(batch_size=8)
+    model = RFAD(data.feature_shape, data.num_classes, ipc=1, num_models=1, width=8, num_eval_models=1,
+                 real_batch=real_batch)
+    sizes: list[int] = []
+    gradients = model.gradients
+
+    def record(features: torch.Tensor, labels: torch.Tensor, step: int) -> object:
+        sizes.append(len(labels))
+        return gradients(features, labels, step)
+
+    model.gradients = record
+    _fit(model, data, tmp_path, max_steps=3, limit_val_batches=0)
+    assert sizes == [expected] * 3  # not the loader's 8
+    assert "test" not in data.requested_splits
+
+
+def test_stops_after_patience_validation_checks_without_a_new_best(tmp_path: Path) -> None:
+    data = _small_sounds()
+    model = RFAD(data.feature_shape, data.num_classes, ipc=1, num_models=1, width=8, num_eval_models=2,
+                 lr=0.5, patience=2)  # a large step size: the validation accuracy soon stops improving
+    seen: list[float] = []
+    record_validation = model.record_validation
+
+    def record(accuracy: float) -> None:
+        seen.append(accuracy)
+        record_validation(accuracy)
+
+    model.record_validation = record
+    trainer = _fit(model, data, tmp_path, max_steps=40, val_check_interval=1)
+    best = seen.index(max(seen))  # the first of equal maxima, as kept
+    assert len(seen) < 40 and trainer.global_step == len(seen)  # stopped early, right after a check
+    assert len(seen) - 1 - best == 2 and max(seen[best + 1:]) <= seen[best]
+    assert model.best.accuracy == seen[best] and model.checks_since_best == 2
+    assert "test" not in data.requested_splits  # early stopping never looks at the test split
+
+
 def test_random_networks_differ_per_step_and_repeat_per_seed() -> None:
     model = tiny()
     x, _ = real_batch(4)
@@ -69,6 +181,8 @@ def test_random_networks_differ_per_step_and_repeat_per_seed() -> None:
     torch.testing.assert_close(first, again)
     assert not torch.allclose(first, other)
     assert not any(p.requires_grad for net in model.networks_for_step(0) for p in net.parameters())
+    model._prepare_eval(model.synthetic.detach(), model.regression_targets())  # fixed validation networks
+    assert not torch.allclose(random_features(x, model._eval_networks), first)  # none of a step's
     # no normalisation layers, He-Gaussian conv weights
     (net,) = sample_random_convnets(SHAPE, 1, width=64, depth=2, seed=3)
     assert not any(isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)) for m in net)

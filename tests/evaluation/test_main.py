@@ -69,3 +69,53 @@ def test_command_takes_a_data_config_file(synset_dir: Path, tmp_path: Path) -> N
     assert report["dataset"] == "synthetic"
     assert list(report["results"][0]) == ["architecture", "synthetic"]
     assert (tmp_path / "out" / "evaluation.md").is_file()
+
+
+def test_lr_auto_takes_the_learned_step_size_and_full_gives_g(synset_dir: Path, tmp_path: Path) -> None:
+    """MTT sets carry syn_lr: `lr auto` (the default) trains every network with it, as the original does."""
+    manifest_path = synset_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps(manifest | {"syn_lr": 0.0234}))
+    data = ["--data", "ddlight.data.synthetic.SyntheticSounds", "--data.features.hop_length=512", "--data.features.n_fft=1024"]
+    data += [f"--data.{k}={v}" for k, v in TINY.items()]
+    common = ["--baselines", "random", "--repeats", "1", "--epochs", "2", "--device", "cpu",
+              "--network_options", "{convnet: {width: 8, depth: 1}}"]
+    report = main_evaluation(["--synset", str(synset_dir), *data, *common, "--full", "true"])
+    assert report["recipe"]["lr"] == 0.0234 and report["recipe"]["lr_requested"] == "auto"
+    row = report["results"][0]
+    assert list(row) == ["architecture", "synthetic", "random", "full", "g"]
+    assert len(row["full"]["runs"]) == 1
+    overridden = main_evaluation(["--synset", str(synset_dir), *data, *common, "--lr", "0.05", "--out", str(tmp_path)])
+    assert overridden["recipe"]["lr"] == 0.05 and "g" not in overridden["results"][0]
+    assert "lr 0.05" in (tmp_path / "evaluation.md").read_text()
+
+
+def test_resolve_lr_and_gap_closure() -> None:
+    from ddlight.evaluation import DEFAULT_LR, gap_closure, resolve_lr
+
+    assert resolve_lr("auto", {"syn_lr": 0.02}) == 0.02
+    assert resolve_lr("auto", {}) == DEFAULT_LR  # a set without a learned step size
+    assert resolve_lr(0.1, {"syn_lr": 0.02}) == 0.1
+    with pytest.raises(ValueError, match="syn_lr=-1"):
+        resolve_lr("auto", {"syn_lr": -1})
+    with pytest.raises(ValueError, match="'fast'"):
+        resolve_lr("fast", {})
+    assert gap_closure(70.0, 60.0, 80.0) == 0.5
+    assert gap_closure(55.0, 60.0, 80.0) == -0.25  # worse than random: negative, reported as such
+    assert gap_closure(70.0, 60.0, 60.0) is None
+
+
+def test_classifier_lr_auto_trains_with_the_sets_learned_step_size(synset_dir: Path) -> None:
+    import lightning as L
+
+    from ddlight.data.synset import SynsetDataModule
+    from ddlight.tasks import Classifier
+
+    manifest_path = synset_dir / "manifest.json"
+    manifest_path.write_text(json.dumps(json.loads(manifest_path.read_text()) | {"syn_lr": 0.0234}))
+    data = SynsetDataModule(str(synset_dir))
+    assert data.learned_lr == 0.0234
+    model = Classifier(data.feature_shape, data.num_classes, network_options={"width": 8, "depth": 1}, lr="auto")
+    trainer = L.Trainer(fast_dev_run=1, logger=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.fit(model, datamodule=data)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 0.0234

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 
+from ddlight.data.synthetic import SyntheticSounds
 from ddlight.tasks import Classifier
 
 
@@ -17,7 +19,7 @@ def test_forward_stacks_models() -> None:
 
 def test_summed_loss_gives_each_network_its_own_gradient() -> None:
     torch.manual_seed(0)
-    model = Classifier((1, 8, 12), 4, network_options={"width": 8}, num_models=2)
+    model = Classifier((1, 8, 12), 4, network_options={"width": 8}, num_models=2, augment=False)
     x, y = torch.randn(6, 1, 8, 12), torch.randint(0, 4, (6,))
     model._step((x, y), "train").backward()
     alone = model.networks[1]
@@ -37,3 +39,40 @@ def test_learns_a_separable_problem() -> None:
         F.cross_entropy(model(x)[0], y).backward()
         opt.step()
     assert (model(x)[0].argmax(-1) == y).float().mean() > 0.95
+
+
+def test_independent_orders_train_each_network_on_its_own_chunk() -> None:
+    torch.manual_seed(0)
+    model = Classifier((1, 8, 12), 4, network_options={"width": 8}, num_models=2, augment=False)
+    model.orders = 2  # what setup() sets with an AudioDataModule
+    x, y = torch.randn(6, 1, 8, 12), torch.randint(0, 4, (6,))
+    model._step((x, y), "train").backward()
+    for k, (xs, ys) in enumerate(zip(x.chunk(2), y.chunk(2))):
+        net = model.networks[k]
+        ref = torch.autograd.grad(F.cross_entropy(net(xs), ys), list(net.parameters()))
+        for got, want in zip((p.grad for p in net.parameters()), ref):
+            torch.testing.assert_close(got, want)
+
+
+def test_setup_gives_each_expert_its_own_batch_order() -> None:
+    data = SyntheticSounds(train_per_class=3, val_per_class=1, test_per_class=1, duration=0.25, batch_size=4)
+    model = Classifier(data.feature_shape, data.num_classes, network_options={"width": 4, "depth": 1}, num_models=3)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        accelerator="cpu", limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    assert model.orders == 3 and data.train_orders == 3
+    torch.manual_seed(1)
+    batches = [b[1] for b in data.train_dataloader()]  # labels of each step: 3 chunks of up to 4
+    orders = [torch.cat([b.view(3, -1)[k] for b in batches]) for k in range(3)]
+    assert all(sorted(o.tolist()) == sorted(data.splits["train"].labels.tolist()) for o in orders)
+    assert not (torch.equal(orders[0], orders[1]) and torch.equal(orders[1], orders[2]))
+
+
+def test_training_batches_are_augmented_only_when_asked() -> None:
+    x = torch.randn(8, 1, 8, 12)
+    on = Classifier((1, 8, 12), 4, network_options={"width": 8}, augment=True)
+    off = Classifier((1, 8, 12), 4, network_options={"width": 8}, augment=False)
+    assert on.augment.config() is not None and off.augment.config() is None
+    torch.manual_seed(0)
+    assert not torch.equal(on.augment.train()(x), x)
+    assert torch.equal(off.augment.train()(x), x)
