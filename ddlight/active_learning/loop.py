@@ -92,6 +92,7 @@ def _to_samples(value: float, pool_size: int, unit: str) -> int:
 
 
 def _shown(value: float, unit: str) -> str:
+    """``value`` as written in messages: ``0.15%`` or ``11``."""
     return f"{value:g}%" if unit == "percent" else f"{value:g}"
 
 
@@ -350,6 +351,7 @@ class ActiveLearner(L.LightningModule):
         self.skipped: list[str] = []
 
     def _check_arguments(self) -> None:
+        """Raise a ``ValueError`` naming the first invalid argument."""
         hp = self.hparams
         unknown = sorted(set(self.strategies) - set(STRATEGIES))
         if unknown:
@@ -358,6 +360,8 @@ class ActiveLearner(L.LightningModule):
             raise ValueError(f"repeats and epochs must be >= 1, got {hp.repeats} and {hp.epochs}")
         if hp.increment <= 0:
             raise ValueError(f"increment must be > 0 ({hp.budget_unit}), got {hp.increment}")
+        if not 0.0 <= hp.mc_dropout < 1.0:
+            raise ValueError(f"mc_dropout must be in [0, 1), got {hp.mc_dropout}")
         if hp.network_dropout not in NETWORK_DROPOUT:
             raise ValueError(f"network_dropout must be one of {NETWORK_DROPOUT}, got {hp.network_dropout!r}")
         if hp.network_dropout == "none" and "bald" in self.strategies:
@@ -366,7 +370,9 @@ class ActiveLearner(L.LightningModule):
                 "set network_dropout='mc' or remove 'bald' from strategies"
             )
         if hp.network_dropout == "mc" and hp.mc_passes < 2:
-            raise ValueError(f"network_dropout='mc' scores with MC dropout and needs mc_passes >= 2, got {hp.mc_passes}")
+            raise ValueError(
+                f"network_dropout='mc' scores with MC dropout and needs mc_passes >= 2, got {hp.mc_passes}"
+            )
 
     def _announce_dropout(self, network: str) -> None:
         """Build ``network`` once (unknown names fail here) and warn if ``"mc"`` inserts dropout into it."""
@@ -396,6 +402,7 @@ class ActiveLearner(L.LightningModule):
 
     # ------------------------------------------------------------------------------------ set-up
     def _options(self, network: str) -> dict[str, Any]:
+        """Constructor options of ``network`` from ``network_options``."""
         return dict((self.hparams.network_options or {}).get(network, {}))
 
     def build(self, network: str) -> nn.Module:
@@ -475,6 +482,7 @@ class ActiveLearner(L.LightningModule):
             yield
 
     def _record(self, network: str, strategy: str, repeat: int, labelled: int, accuracy: float) -> None:
+        """Append one result to :attr:`records` (part of the checkpointed state)."""
         self.records.append(
             {"network": network, "strategy": strategy, "repeat": repeat, "labelled": labelled, "accuracy": accuracy}
         )

@@ -114,6 +114,7 @@ def format_percent(percent: float) -> str:
 
 
 def _row(name: str, point: dict[str, Any]) -> str:
+    """One Markdown table row: name, % of the pool, samples, mean ± std accuracy."""
     return (
         f"| {name} | {format_percent(point['percent'])} | {point['labelled']} | "
         f"{point['mean']:.2f} ± {point['std']:.2f} |"
@@ -128,10 +129,10 @@ def _protocol_notes(protocol: dict[str, Any]) -> list[str]:
         increment = protocol["increment"]
         amount = f"{increment:g}% of the pool" if protocol["budget_unit"] == "percent" else f"{increment:g} samples"
         notes.append(
-            f"Acquired in increments of at most {amount}, a fresh network "
-            f"trained after each; every strategy and the total training data use the same network ({dropout})."
+            f"Acquired in increments of at most {amount}, a fresh network trained after each; every strategy "
+            f"and the total training data use the same network ({dropout})."
         )
-    notes += [f"Skipped: {message}." for message in protocol.get("skipped_budgets", [])]
+    notes += [f"{message[:1].upper()}{message[1:]}." for message in protocol.get("skipped_budgets", [])]
     return notes + [""] if notes else []
 
 

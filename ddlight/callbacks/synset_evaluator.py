@@ -45,6 +45,8 @@ class SynsetEvaluator(Callback):
         seed: Base seed of the protocol.
         full: Also train on the whole real training split: the reference of the gap closure
             ``g = (synthetic - random) / (full - random)`` in the report (costly: once per run).
+        eval_split: Real split every network is tested on: ``test``, or ``val`` to tune settings
+            without touching the test split (the report records it).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class SynsetEvaluator(Callback):
         expert_dir: str | None = None,
         seed: int = 0,
         full: bool = False,
+        eval_split: Literal["test", "val"] = "test",
     ) -> None:
         baselines = list(BASELINES) if baselines is None else list(baselines)
         unknown = sorted(set(baselines) - set(BASELINES))
@@ -80,6 +83,7 @@ class SynsetEvaluator(Callback):
         self.expert_dir = expert_dir
         self.seed = seed
         self.full = full
+        self.eval_split = eval_split
         self.paths: tuple[Path, Path] | None = None
         self._table = ""
         self._real: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
@@ -87,7 +91,8 @@ class SynsetEvaluator(Callback):
 
     def recipe(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """The training recipe of every network of the report, ``lr`` resolved for this set."""
-        return protocol_recipe(self.lr, manifest, self.epochs, self.batch_size, self.augment, self.repeats, self.seed)
+        recipe = protocol_recipe(self.lr, manifest, self.epochs, self.batch_size, self.augment, self.repeats, self.seed)
+        return recipe | {"split": self.eval_split}
 
     def _evaluate(
         self, trainer: L.Trainer, pl_module: L.LightningModule, baselines: list[str], full: bool = False
@@ -96,7 +101,7 @@ class SynsetEvaluator(Callback):
         device = pl_module.device
         if self._real is None:  # the real features do not change during a run: compute them once
             dm = trainer.datamodule
-            self._real = (*dm.split_features("train", device=device), *dm.split_features("test", device=device))
+            self._real = (*dm.split_features("train", device=device), *dm.split_features(self.eval_split, device=device))
         train_x, train_y, test_x, test_y = self._real
         results = evaluate_synset(
             synset.features, synset.targets, train_x, train_y, test_x, test_y, synset.manifest["ipc"],

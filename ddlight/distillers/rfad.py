@@ -436,6 +436,18 @@ class RFAD(Distiller):
         if patience is not None and self.checks_since_best >= patience:
             self.trainer.should_stop = True
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the early-stopping state (the best validated set, the checks since it) for resumption."""
+        best = self.best._asdict() if self.best is not None else None
+        checkpoint["rfad"] = {"best": best, "checks_since_best": self.checks_since_best}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the early-stopping state saved by :meth:`on_save_checkpoint` (if any)."""
+        state = checkpoint.get("rfad")
+        if state is not None:
+            self.best = Snapshot(**state["best"]) if state["best"] is not None else None
+            self.checks_since_best = state["checks_since_best"]
+
     def exported_set(self) -> tuple[Tensor, Tensor]:
         """The best validated set with ``restore_best`` (once validated), else the current one."""
         if self.hparams.restore_best and self.best is not None:

@@ -45,6 +45,7 @@ def run(
     seed: int = 0,
     device: str = "cuda" if torch.cuda.is_available() else "cpu",
     full: bool = False,
+    eval_split: Literal["test", "val"] = "test",
 ) -> dict[str, Any]:
     """Evaluate the distilled set in ``synset`` against real baselines and write the report.
 
@@ -65,6 +66,7 @@ def run(
         seed: Base seed.
         device: Where to train.
         full: Also train on the whole training split (the reference of the gap closure ``g``).
+        eval_split: Real split the networks are tested on (``val`` to tune without the test split).
 
     Returns:
         The report written to ``evaluation.json``.
@@ -73,9 +75,9 @@ def run(
     synset_dm.setup("fit")
     distilled = synset_dm.synset
     manifest = distilled.manifest
-    recipe = protocol_recipe(lr, manifest, epochs, batch_size, augment, repeats, seed)
+    recipe = protocol_recipe(lr, manifest, epochs, batch_size, augment, repeats, seed) | {"split": eval_split}
     train_x, train_y = data.split_features("train", device=device)
-    test_x, test_y = data.split_features("test", device=device)
+    test_x, test_y = data.split_features(eval_split, device=device)
     results = evaluate_synset(
         distilled.features, distilled.targets, train_x, train_y, test_x, test_y, distilled.manifest["ipc"],
         architectures=architectures or ["convnet"], baselines=list(BASELINES) if baselines is None else baselines,

@@ -21,12 +21,14 @@ from ddlight.active_learning.acquisition import (
     acquisition_scores,
     bald,
     enable_mc_dropout,
+    has_dropout,
     insert_mc_dropout,
     kcenter_greedy,
     margin,
     max_entropy,
     mc_dropout_probs,
     random_scores,
+    remove_dropout,
     score_pool_sharded,
     select_top_k,
     variation_ratios,
@@ -174,6 +176,16 @@ class TestMCDropout:
         with pytest.raises(ValueError, match="no nn.Linear"):
             insert_mc_dropout(nn.Sequential(nn.ReLU()))
 
+    def test_remove_dropout(self) -> None:
+        model, x = _dropout_net(), torch.randn(4, 6)
+        with torch.no_grad():
+            before = model.eval()(x)
+        assert has_dropout(model) and remove_dropout(model) is model
+        assert not has_dropout(model) and isinstance(model[3], nn.Identity)
+        model.train()
+        model[1].eval()  # batch norm frozen: without dropout, train mode now computes the eval output
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), before)
 
 class TestKCenter:
     line = torch.arange(11.0).unsqueeze(1)  # the points 0, 1, ..., 10

@@ -17,6 +17,9 @@ def point(labelled: int, mean: float, pool: int = 1000) -> dict:
 
 AL = {
     "dataset": "toy", "features": None, "pool_size": 1000, "num_classes": 10, "protocol": {"repeats": 3},
+    "total": [
+        {"network": "cnn4", "labelled": 1000, "percent": 100.0, "mean": 80.0, "std": 0.5, "runs": [79.5, 80.0, 80.5]}
+    ],
     "results": [
         {"network": "cnn4", "strategy": "bald",
          "points": [point(10, 20.0), point(200, 55.0), point(300, 61.0), point(400, 64.0), point(600, 70.0)]},
@@ -42,7 +45,7 @@ def test_reduction_factor_definition() -> None:
 
 def test_compare_rows() -> None:
     (row,) = compare([AL], [DISTILLED], min_percent=20)
-    assert row["architecture"] == "cnn4"
+    assert row["architecture"] == "cnn4" and row["total"]["mean"] == 80.0
     (distilled,) = row["distilled"]
     assert distilled["size"] == 20 and distilled["percent"] == pytest.approx(2.0) and distilled["repeats"] == 3
     bald, random = row["al"]
@@ -68,6 +71,8 @@ def test_command_writes_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     main(["--al", str(al), "--distilled", str(distilled), "--out", str(out)])
     lines = out.read_text().splitlines()
     assert lines[0] == "# Dataset distillation vs active learning on toy"
+    total = lines.index("| Total Training Data | 100% | 1000 | 80.00 ± 0.50 | 3 | – |")
+    assert lines[total + 1].startswith("| Distilled rfad (ipc 2) |")
     assert "| Distilled rfad (ipc 2) | 2% | 20 | 62.00 ± 0.50 | 3 | – |" in lines
     assert "| BALD | 60% | 600 | 70.00 ± 1.00 | 3 | 15× (300) |" in lines
     assert "| Random | 60% | 600 | 59.00 ± 1.00 | 3 | > 30× (600) |" in lines

@@ -10,6 +10,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
@@ -18,9 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddlight.cli import main
+from ddlight.data.synthetic import SyntheticSounds
 from ddlight.distillers.base import load_synset, save_synset
 from ddlight.distillers.rfad import (
     RFAD,
+    Snapshot,
     average_across_ranks,
     kernel_ridge_solve,
     random_features,
@@ -105,10 +108,8 @@ def test_real_batches_are_distinct_held_examples_seeded_by_step_and_rank() -> No
     assert sorted(whole.draw_real_batch(0, rank=0)[0][:, 0, 0, 0].tolist()) == list(range(12))
 
 
-def _fit(model: RFAD, data: object, tmp_path: Path, **trainer_options: object) -> object:
+def _fit(model: RFAD, data: SyntheticSounds, tmp_path: Path, **trainer_options: object) -> L.Trainer:
     """Fit ``model`` on ``data`` on the CPU without logger, checkpoints or sanity validation."""
-    import lightning as L
-
     trainer = L.Trainer(check_val_every_n_epoch=None, num_sanity_val_steps=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
                         default_root_dir=str(tmp_path), **trainer_options)
@@ -116,12 +117,8 @@ def _fit(model: RFAD, data: object, tmp_path: Path, **trainer_options: object) -
     return trainer
 
 
-def _small_sounds(batch_size: int = 8) -> object:
+def _small_sounds(batch_size: int = 8) -> SyntheticSounds:
     """SyntheticSounds with 4 training clips per class (44 in all) and a spy on the splits it computes."""
-    import lightning as L
-
-    from ddlight.data.synthetic import SyntheticSounds
-
     L.seed_everything(0)
     data = SyntheticSounds(train_per_class=4, val_per_class=2, test_per_class=2, duration=0.25, batch_size=batch_size)
     data.requested_splits = []
@@ -144,7 +141,7 @@ def test_fit_draws_the_real_batch_independently_of_the_loader_batch(real_batch: 
     sizes: list[int] = []
     gradients = model.gradients
 
-    def record(features: torch.Tensor, labels: torch.Tensor, step: int) -> object:
+    def record(features: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[object, ...]:
         sizes.append(len(labels))
         return gradients(features, labels, step)
 
@@ -172,6 +169,21 @@ def test_stops_after_patience_validation_checks_without_a_new_best(tmp_path: Pat
     assert len(seen) - 1 - best == 2 and max(seen[best + 1:]) <= seen[best]
     assert model.best.accuracy == seen[best] and model.checks_since_best == 2
     assert "test" not in data.requested_splits  # early stopping never looks at the test split
+
+
+def test_early_stopping_state_survives_a_checkpoint(tmp_path: Path) -> None:
+    model = tiny()
+    model.best = Snapshot(0.5, model.synthetic.detach().clone(), model.targets(), model.regression_targets(), 2.0)
+    model.checks_since_best = 3
+    checkpoint: dict[str, object] = {}
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "state.ckpt")
+    resumed = tiny()
+    resumed.on_load_checkpoint(torch.load(tmp_path / "state.ckpt", weights_only=True))
+    assert resumed.checks_since_best == 3 and resumed.best.accuracy == 0.5 and resumed.best.temperature == 2.0
+    torch.testing.assert_close(resumed.best.features, model.best.features)
+    resumed.on_load_checkpoint({})  # a checkpoint without RFAD state leaves it alone
+    assert resumed.best is not None
 
 
 def test_random_networks_differ_per_step_and_repeat_per_seed() -> None:
@@ -312,10 +324,6 @@ def test_cli_fit_writes_distilled_set(tmp_path: Path, monkeypatch: pytest.Monkey
 
 @pytest.mark.parametrize("restore_best", [True, False])
 def test_exports_and_tests_the_best_validated_set(restore_best: bool, tmp_path: Path) -> None:
-    import lightning as L
-
-    from ddlight.data.synthetic import SyntheticSounds
-
     L.seed_everything(0)
     data = SyntheticSounds(train_per_class=4, val_per_class=2, test_per_class=2, duration=0.25, batch_size=8)
     model = RFAD(data.feature_shape, data.num_classes, ipc=1, num_models=1, width=8, num_eval_models=2,
