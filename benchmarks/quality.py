@@ -1,0 +1,180 @@
+"""Quality table: distilled sets against random / herding / k-center subsets and the full training split.
+
+For each dataset, method (MTT, RFAD), ipc and seed, the shipped ``configs/<method>_<dataset>.yaml`` is
+run through the ``ddlight`` command exactly as a user would (experts first for MTT), with one shared
+evaluator so every cell is trained with the same recipe: ``--epochs`` epochs, ``--repeats`` networks per
+seed, SpecAugment, a width-64 ConvNet, the learning rate ``auto`` (MTT's learned ``syn_lr``, 0.01 for
+RFAD). The real-subset baselines and the full training split are evaluated in this process with the
+same recipe at lr 0.01 (the protocol's rate for sets without a learned one), once per ipc and seed,
+herding and k-center in the embedding of the final expert. Each cell is the mean ± std over seeds of
+the per-seed mean accuracy, and ``g = (distilled - random) / (full - random)`` of the means.
+
+Finished runs and baselines under ``--out`` are reused, so an interrupted table resumes. Tune with
+``--split val``; the table in BENCHMARKS.md is measured on the test split.
+
+    python -m benchmarks.quality --dataset synthetic
+    python -m benchmarks.official_layout --out data/us8k_synthetic --per-class 200
+    python -m benchmarks.quality --dataset us8k --name us8k_layout -- --data.init_args.root data/us8k_synthetic \\
+        --data.init_args.duration 1.0 --data.init_args.features.n_fft 1024 --data.init_args.features.hop_length 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import ArgumentParser
+
+from benchmarks.report import machine, write_section
+from ddlight.augment import SpecAugment
+from ddlight.cli import main as ddlight
+from ddlight.data.base import AudioDataModule
+from ddlight.evaluation import DEFAULT_LR, baseline_indices, embed, evaluate, expert_network, gap_closure
+from ddlight.io import load_json, save_json
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = ["--trainer.enable_progress_bar=false"]
+NETWORK = {"convnet": {"width": 64}}
+
+
+def evaluator_args(split: str, epochs: int, repeats: int, seed: int) -> list[str]:
+    """Overrides that make every run's SynsetEvaluator the same (synthetic set only, lr auto)."""
+    return [
+        "--trainer.callbacks.init_args.architectures=[convnet]", "--trainer.callbacks.init_args.baselines=[]",
+        f"--trainer.callbacks.init_args.network_options={json.dumps(NETWORK)}", "--trainer.callbacks.init_args.lr=auto",
+        f"--trainer.callbacks.init_args.epochs={epochs}", f"--trainer.callbacks.init_args.repeats={repeats}",
+        f"--trainer.callbacks.init_args.eval_split={split}", f"--trainer.callbacks.init_args.seed={seed}",
+    ]
+
+
+def distill(method: str, dataset: str, out: Path, ipc: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One distillation run through the CLI (reused when finished); returns its evaluation.json."""
+    done = sorted(out.rglob("evaluation.json"))
+    if not done:
+        extra = [f"--model.init_args.expert_dir={args.out / 'experts'}"] if method == "mtt" else []
+        ddlight([
+            "fit", "--config", str(REPO / f"configs/{method}_{dataset}.yaml"), *args.data_args, *QUIET, *extra,
+            f"--seed_everything={seed}", f"--model.init_args.ipc={ipc}", f"--trainer.logger.init_args.save_dir={out}",
+            *evaluator_args(args.split, args.epochs, args.repeats, seed), *args.method_args.get(method, []),
+        ])
+        done = sorted(out.rglob("evaluation.json"))
+    return load_json(done[-1])
+
+
+def load_data(dataset: str, data_args: list[str]) -> AudioDataModule:
+    """The DataModule of ``configs/data/<dataset>.yaml`` with the ``--data.*`` overrides, set up."""
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(AudioDataModule, "data")
+    config = parser.parse_args(["--data", str(REPO / f"configs/data/{dataset}.yaml"), *data_args])
+    data = parser.instantiate_classes(config).data
+    data.setup("fit")
+    return data
+
+
+def baselines(data: AudioDataModule, ipcs: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """Random / herding / k-center per ipc and seed, and the full training split per seed (cached)."""
+    path = args.out / f"baselines_{args.split}.json"
+    cache = load_json(path) if path.is_file() else {}
+    train_x, train_y = data.split_features("train")
+    test_x, test_y = data.split_features(args.split)
+    common = {"architectures": ["convnet"], "repeats": args.repeats, "network_options": NETWORK, "epochs": args.epochs,
+              "lr": DEFAULT_LR, "augment": SpecAugment()}
+    embeddings = embed(expert_network(args.out / "experts"), train_x)
+    for seed in args.seeds:
+        key = f"full/{seed}"
+        if key not in cache:
+            result = evaluate(train_x, train_y, test_x, test_y, seed=seed, description="full",
+                              **common | {"epochs": args.full_epochs, "repeats": 1})
+            cache[key] = result["convnet"]["mean"]
+            save_json(path, cache)
+        for ipc in ipcs:
+            for name in ("random", "herding", "kcenter"):
+                key = f"{name}/{ipc}/{seed}"
+                if key not in cache:
+                    idx = baseline_indices(name, train_y, ipc, embeddings, seed)
+                    result = evaluate(train_x[idx], train_y[idx], test_x, test_y, seed=seed, description=key, **common)
+                    cache[key] = result["convnet"]["mean"]
+                    save_json(path, cache)
+    return cache
+
+
+def cell(values: list[float]) -> str:
+    """``mean ± std`` over seeds (sample std)."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {std:.1f}"
+
+
+def table(results: dict[str, dict[int, list[float]]], base: dict[str, Any], args: argparse.Namespace) -> str:
+    """Markdown: one row per method and ipc, baselines beside it, g of the means."""
+    full = [base[f"full/{s}"] for s in args.seeds]
+    lines = [
+        "| method | ipc | distilled | random | herding | k-center | full | g | g target |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, per_ipc in results.items():
+        for ipc, values in per_ipc.items():
+            rand = [base[f"random/{ipc}/{s}"] for s in args.seeds]
+            herd = [base[f"herding/{ipc}/{s}"] for s in args.seeds]
+            kc = [base[f"kcenter/{ipc}/{s}"] for s in args.seeds]
+            g = gap_closure(statistics.fmean(values), statistics.fmean(rand), statistics.fmean(full))
+            target = 0.5 if ipc == 1 else 0.4
+            lines.append(
+                f"| {method.upper()} | {ipc} | **{cell(values)}** | {cell(rand)} | {cell(herd)} | {cell(kc)} | "
+                f"{cell(full)} | {g if g is not None else '–'} | {target} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="synthetic", help="configs/<method>_<dataset>.yaml and configs/data/<dataset>.yaml")
+    parser.add_argument("--name", default=None, help="table name (default: the dataset)")
+    parser.add_argument("--methods", nargs="+", default=["mtt", "rfad"])
+    parser.add_argument("--ipc", nargs="+", type=int, default=[1, 10])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--split", choices=["val", "test"], default="test", help="val to tune, test for the table")
+    parser.add_argument("--epochs", type=int, default=300, help="epochs of every evaluation network")
+    parser.add_argument("--full-epochs", type=int, default=300, help="epochs of the full-training-split networks")
+    parser.add_argument("--repeats", type=int, default=2, help="evaluation networks per seed")
+    parser.add_argument("--mtt-arg", action="append", default=[], help="extra flag for the MTT runs")
+    parser.add_argument("--rfad-arg", action="append", default=[], help="extra flag for the RFAD runs")
+    parser.add_argument("--out", type=Path, default=None, help="work folder (default runs/quality/<name>)")
+    parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
+    parser.add_argument("data_args", nargs="*", help="after --: data overrides for every command")
+    args = parser.parse_args(argv)
+    args.name = args.name or args.dataset
+    args.out = args.out or Path("runs/quality") / args.name
+    args.method_args = {"mtt": args.mtt_arg, "rfad": args.rfad_arg}
+    started = time.time()
+    if "mtt" in args.methods and not (args.out / "experts" / "manifest.json").is_file():
+        ddlight(["fit", "--config", str(REPO / f"configs/expert_{args.dataset}.yaml"), *args.data_args, *QUIET,
+                 f"--trainer.callbacks.init_args.dirpath={args.out / 'experts'}",
+                 f"--trainer.logger.init_args.save_dir={args.out / 'expert_runs'}", "--test_after_fit=false"])
+    results: dict[str, dict[int, list[float]]] = {}
+    for method in args.methods:
+        for ipc in args.ipc:
+            for seed in args.seeds:
+                report = distill(method, args.dataset, args.out / f"{method}_ipc{ipc}_seed{seed}", ipc, seed, args)
+                results.setdefault(method, {}).setdefault(ipc, []).append(report["results"][0]["synthetic"]["mean"])
+    base = baselines(load_data(args.dataset, args.data_args), args.ipc, args)
+    minutes = (time.time() - started) / 60
+    text = table(results, base, args)
+    section = (
+        f"### Quality: {args.name} ({args.split} split)\n\n"
+        f"`python -m benchmarks.quality {' '.join(argv or [])}`: {machine()}; {minutes:.0f} min wall for what was not "
+        f"reused. Accuracy %, mean ± std over seeds {args.seeds} (each seed: the mean of {args.repeats} width-64 ConvNets, "
+        f"{args.epochs} epochs, SpecAugment, last epoch; distilled sets at their learned lr (lr auto), real subsets "
+        f"and the full split ({args.full_epochs} epochs, one network per seed) at lr {DEFAULT_LR}).\n\n{text}\n"
+    )
+    print(section)
+    if args.write:
+        write_section(f"quality_{args.name}_{args.split}", section)
+
+
+if __name__ == "__main__":
+    main()
