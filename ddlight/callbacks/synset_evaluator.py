@@ -45,6 +45,8 @@ class SynsetEvaluator(Callback):
         seed: Base seed of the protocol.
         full: Also train on the whole real training split: the reference of the gap closure
             ``g = (synthetic - random) / (full - random)`` in the report (costly: once per run).
+        full_epochs: Epochs of the full-split networks (default: ``epochs``); fewer make the reference
+            cheaper but lower, which raises ``g`` (the report records it).
         eval_split: Real split every network is tested on: ``test``, or ``val`` to tune settings
             without touching the test split (the report records it).
     """
@@ -63,6 +65,7 @@ class SynsetEvaluator(Callback):
         expert_dir: str | None = None,
         seed: int = 0,
         full: bool = False,
+        full_epochs: int | None = None,
         eval_split: Literal["test", "val"] = "test",
     ) -> None:
         baselines = list(BASELINES) if baselines is None else list(baselines)
@@ -83,6 +86,7 @@ class SynsetEvaluator(Callback):
         self.expert_dir = expert_dir
         self.seed = seed
         self.full = full
+        self.full_epochs = full_epochs
         self.eval_split = eval_split
         self.paths: tuple[Path, Path] | None = None
         self._table = ""
@@ -91,7 +95,9 @@ class SynsetEvaluator(Callback):
 
     def recipe(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """The training recipe of every network of the report, ``lr`` resolved for this set."""
-        recipe = protocol_recipe(self.lr, manifest, self.epochs, self.batch_size, self.augment, self.repeats, self.seed)
+        recipe = protocol_recipe(
+            self.lr, manifest, self.epochs, self.batch_size, self.augment, self.repeats, self.seed, self.full_epochs
+        )
         return recipe | {"split": self.eval_split}
 
     def _evaluate(
@@ -108,7 +114,7 @@ class SynsetEvaluator(Callback):
             architectures=self.architectures, baselines=baselines, repeats=self.repeats,
             network_options=self.network_options, epochs=self.epochs, lr=self.recipe(synset.manifest)["lr"],
             batch_size=self.batch_size, augment=SpecAugment() if self.augment else None, expert_dir=self.expert_dir,
-            seed=self.seed, device=device, full=full,
+            seed=self.seed, device=device, full=full, full_epochs=self.full_epochs,
         )
         metrics = {}
         for row in results:

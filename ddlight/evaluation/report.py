@@ -45,11 +45,14 @@ def markdown_table(report: dict[str, Any]) -> str:
     """Markdown table: one row per architecture, ``mean ± std`` per column present."""
     columns = [c for c in COLUMNS if any(c in row for row in report["results"])]
     with_g = any("g" in row for row in report["results"])
-    lr = (report.get("recipe") or {}).get("lr")
+    recipe = report.get("recipe") or {}
+    lr = recipe.get("lr")
+    full_epochs = recipe.get("full_epochs", recipe.get("epochs"))
+    full_note = f" trained {full_epochs} epochs" if full_epochs != recipe.get("epochs") else ""
     lines = [
-        f"Real-test accuracy (%) after training on {report['ipc']} samples per class "
+        f"Real-{recipe.get('split', 'test')} accuracy (%) after training on {report['ipc']} samples per class "
         f"({report['dataset']}, {report['method']}), mean ± std over repeats"
-        + (f", lr {lr:.4g}" if lr is not None else "") + ("; full = whole training split, "
+        + (f", lr {lr:.4g}" if lr is not None else "") + (f"; full = whole training split{full_note}, "
         "g = (synthetic − random) / (full − random)." if with_g else "."),
         "",
         "| architecture | " + " | ".join(columns + ["g"] * with_g) + " |",

@@ -49,15 +49,23 @@ def resolve_lr(lr: float | str, manifest: Mapping[str, Any]) -> float:
 
 
 def protocol_recipe(
-    lr: float | str, manifest: Mapping[str, Any], epochs: int, batch_size: int, augment: bool, repeats: int, seed: int
+    lr: float | str,
+    manifest: Mapping[str, Any],
+    epochs: int,
+    batch_size: int,
+    augment: bool,
+    repeats: int,
+    seed: int,
+    full_epochs: int | None = None,
 ) -> dict[str, Any]:
     """The ``recipe`` entry of ``evaluation.json``: what every network of a report was trained with.
 
-    ``lr`` is resolved for the set (:func:`resolve_lr`); ``lr_requested`` keeps what was asked.
+    ``lr`` is resolved for the set (:func:`resolve_lr`); ``lr_requested`` keeps what was asked;
+    ``full_epochs`` is the epochs of the full-split reference (``epochs`` unless set).
     """
     return {
         "lr": resolve_lr(lr, manifest), "lr_requested": lr, "epochs": epochs, "batch_size": batch_size,
-        "augment": augment, "repeats": repeats, "seed": seed,
+        "augment": augment, "repeats": repeats, "seed": seed, "full_epochs": full_epochs or epochs,
     }
 
 
@@ -141,6 +149,7 @@ def evaluate_synset(
     seed: int = 0,
     device: str | torch.device = "cpu",
     full: bool = False,
+    full_epochs: int | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate a synthetic set beside coreset baselines of the same size, for every architecture.
 
@@ -168,6 +177,8 @@ def evaluate_synset(
         seed: Base seed (subset choice, initialisations, batch order).
         device: Where to train.
         full: Also train on the whole real training split (the reference of ``g``; costly).
+        full_epochs: Epochs of the full-split networks (None: ``epochs``). Fewer epochs make the
+            reference cheaper but lower, which raises ``g``: reports record it.
 
     Returns:
         The ``results`` list of ``evaluation.json``: per architecture, ``{"architecture", "synthetic",
@@ -190,7 +201,11 @@ def evaluate_synset(
     if full:
         sets["full"] = (train_x, train_y)
     per_set = {
-        name: evaluate(x, targets, test_x, test_y, description=name, **common) for name, (x, targets) in sets.items()
+        name: evaluate(
+            x, targets, test_x, test_y, description=name,
+            **common | ({"epochs": full_epochs} if name == "full" and full_epochs else {}),
+        )
+        for name, (x, targets) in sets.items()
     }
     results = [{"architecture": arch, **{name: per_set[name][arch] for name in sets}} for arch in architectures]
     if full and "random" in sets:
