@@ -1,7 +1,7 @@
 """Quality table: distilled sets against random / herding / k-center subsets and the full training split.
 
-For each dataset, method (MTT, RFAD), ipc and seed, the shipped ``configs/<method>_<dataset>.yaml`` is
-run through the ``ddlight`` command exactly as a user would (experts first for MTT), with one shared
+For each dataset, method (MTT, RFAD), ipc and seed, the shipped ``configs/<method>_<dataset>.yaml`` (with
+its ``configs/<method>_<dataset>_ipc<ipc>.yaml`` overlay where one exists) is run through the ``ddlight`` command exactly as a user would (experts first for MTT), with one shared
 evaluator so every cell is trained with the same recipe: ``--epochs`` epochs, ``--repeats`` networks per
 seed, SpecAugment, a width-64 ConvNet, the learning rate ``auto`` (MTT's learned ``syn_lr``, 0.01 for
 RFAD). The real-subset baselines and the full training split are evaluated in this process with the
@@ -57,8 +57,11 @@ def distill(method: str, dataset: str, out: Path, ipc: int, seed: int, args: arg
     done = sorted(out.rglob("evaluation.json"))
     if not done:
         extra = [f"--model.init_args.expert_dir={args.out / 'experts'}"] if method == "mtt" else []
+        overlay = REPO / f"configs/{method}_{dataset}_ipc{ipc}.yaml"
+        configs = ["--config", str(REPO / f"configs/{method}_{dataset}.yaml")]
+        configs += ["--config", str(overlay)] if overlay.is_file() else []
         ddlight([
-            "fit", "--config", str(REPO / f"configs/{method}_{dataset}.yaml"), *args.data_args, *QUIET, *extra,
+            "fit", *configs, *args.data_args, *QUIET, *extra,
             f"--seed_everything={seed}", f"--model.init_args.ipc={ipc}", f"--trainer.logger.init_args.save_dir={out}",
             *evaluator_args(args.split, args.epochs, args.repeats, seed), *args.method_args.get(method, []),
         ])
