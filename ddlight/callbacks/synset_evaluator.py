@@ -47,6 +47,7 @@ class SynsetEvaluator(Callback):
             ``g = (synthetic - random) / (full - random)`` in the report (costly: once per run).
         full_epochs: Epochs of the full-split networks (default: ``epochs``); fewer make the reference
             cheaper but lower, which raises ``g`` (the report records it).
+        full_repeats: Networks trained on the full split (default: ``repeats``).
         eval_split: Real split every network is tested on: ``test``, or ``val`` to tune settings
             without touching the test split (the report records it).
     """
@@ -66,6 +67,7 @@ class SynsetEvaluator(Callback):
         seed: int = 0,
         full: bool = False,
         full_epochs: int | None = None,
+        full_repeats: int | None = None,
         eval_split: Literal["test", "val"] = "test",
     ) -> None:
         baselines = list(BASELINES) if baselines is None else list(baselines)
@@ -87,6 +89,7 @@ class SynsetEvaluator(Callback):
         self.seed = seed
         self.full = full
         self.full_epochs = full_epochs
+        self.full_repeats = full_repeats
         self.eval_split = eval_split
         self.paths: tuple[Path, Path] | None = None
         self._table = ""
@@ -96,7 +99,8 @@ class SynsetEvaluator(Callback):
     def recipe(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """The training recipe of every network of the report, ``lr`` resolved for this set."""
         recipe = protocol_recipe(
-            self.lr, manifest, self.epochs, self.batch_size, self.augment, self.repeats, self.seed, self.full_epochs
+            self.lr, manifest, self.epochs, self.batch_size, self.augment, self.repeats, self.seed, self.full_epochs,
+            self.full_repeats,
         )
         return recipe | {"split": self.eval_split}
 
@@ -115,6 +119,7 @@ class SynsetEvaluator(Callback):
             network_options=self.network_options, epochs=self.epochs, lr=self.recipe(synset.manifest)["lr"],
             batch_size=self.batch_size, augment=SpecAugment() if self.augment else None, expert_dir=self.expert_dir,
             seed=self.seed, device=device, full=full, full_epochs=self.full_epochs,
+            full_repeats=self.full_repeats,
         )
         metrics = {}
         for row in results:

@@ -46,6 +46,7 @@ def run(
     device: str = "cuda" if torch.cuda.is_available() else "cpu",
     full: bool = False,
     full_epochs: int | None = None,
+    full_repeats: int | None = None,
     eval_split: Literal["test", "val"] = "test",
 ) -> dict[str, Any]:
     """Evaluate the distilled set in ``synset`` against real baselines and write the report.
@@ -68,6 +69,7 @@ def run(
         device: Where to train.
         full: Also train on the whole training split (the reference of the gap closure ``g``).
         full_epochs: Epochs of the full-split networks (default: ``epochs``; the report records it).
+        full_repeats: Networks trained on the full split (default: ``repeats``).
         eval_split: Real split the networks are tested on (``val`` to tune without the test split).
 
     Returns:
@@ -77,7 +79,8 @@ def run(
     synset_dm.setup("fit")
     distilled = synset_dm.synset
     manifest = distilled.manifest
-    recipe = protocol_recipe(lr, manifest, epochs, batch_size, augment, repeats, seed, full_epochs) | {"split": eval_split}
+    recipe = protocol_recipe(lr, manifest, epochs, batch_size, augment, repeats, seed, full_epochs, full_repeats)
+    recipe |= {"split": eval_split}
     train_x, train_y = data.split_features("train", device=device)
     test_x, test_y = data.split_features(eval_split, device=device)
     results = evaluate_synset(
@@ -85,6 +88,7 @@ def run(
         architectures=architectures or ["convnet"], baselines=list(BASELINES) if baselines is None else baselines,
         repeats=repeats, network_options=network_options, epochs=epochs, lr=recipe["lr"], batch_size=batch_size,
         augment=SpecAugment() if augment else None, expert_dir=expert_dir, seed=seed, device=device, full=full, full_epochs=full_epochs,
+        full_repeats=full_repeats,
     )
     report = build_report(
         manifest.get("dataset", data.name), manifest.get("method", "unknown"), manifest["ipc"],

@@ -57,16 +57,24 @@ def protocol_recipe(
     repeats: int,
     seed: int,
     full_epochs: int | None = None,
+    full_repeats: int | None = None,
 ) -> dict[str, Any]:
     """The ``recipe`` entry of ``evaluation.json``: what every network of a report was trained with.
 
     ``lr`` is resolved for the set (:func:`resolve_lr`); ``lr_requested`` keeps what was asked;
-    ``full_epochs`` is the epochs of the full-split reference (``epochs`` unless set).
+    ``full_epochs`` and ``full_repeats`` are those of the full-split reference (``epochs`` and
+    ``repeats`` unless set).
     """
     return {
         "lr": resolve_lr(lr, manifest), "lr_requested": lr, "epochs": epochs, "batch_size": batch_size,
         "augment": augment, "repeats": repeats, "seed": seed, "full_epochs": full_epochs or epochs,
+        "full_repeats": full_repeats or repeats,
     }
+
+
+def full_recipe(full_epochs: int | None, full_repeats: int | None) -> dict[str, int]:
+    """Overrides of the protocol for the full-split reference (only those that are set)."""
+    return {k: v for k, v in (("epochs", full_epochs), ("repeats", full_repeats)) if v}
 
 
 def gap_closure(synthetic: float, random: float, full: float) -> float | None:
@@ -150,6 +158,7 @@ def evaluate_synset(
     device: str | torch.device = "cpu",
     full: bool = False,
     full_epochs: int | None = None,
+    full_repeats: int | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate a synthetic set beside coreset baselines of the same size, for every architecture.
 
@@ -179,6 +188,7 @@ def evaluate_synset(
         full: Also train on the whole real training split (the reference of ``g``; costly).
         full_epochs: Epochs of the full-split networks (None: ``epochs``). Fewer epochs make the
             reference cheaper but lower, which raises ``g``: reports record it.
+        full_repeats: Networks trained on the full split (None: ``repeats``).
 
     Returns:
         The ``results`` list of ``evaluation.json``: per architecture, ``{"architecture", "synthetic",
@@ -203,7 +213,7 @@ def evaluate_synset(
     per_set = {
         name: evaluate(
             x, targets, test_x, test_y, description=name,
-            **common | ({"epochs": full_epochs} if name == "full" and full_epochs else {}),
+            **common | (full_recipe(full_epochs, full_repeats) if name == "full" else {}),
         )
         for name, (x, targets) in sets.items()
     }

@@ -80,13 +80,14 @@ def test_lr_auto_takes_the_learned_step_size_and_full_gives_g(synset_dir: Path, 
     data += [f"--data.{k}={v}" for k, v in TINY.items()]
     common = ["--baselines", "random", "--repeats", "1", "--epochs", "2", "--device", "cpu",
               "--network_options", "{convnet: {width: 8, depth: 1}}"]
-    report = main_evaluation(["--synset", str(synset_dir), *data, *common, "--full", "true", "--full_epochs", "1"])
+    report = main_evaluation(["--synset", str(synset_dir), *data, *common, "--full", "true", "--full_epochs", "1",
+                              "--repeats", "2", "--full_repeats", "1"])
     assert report["recipe"]["lr"] == 0.0234 and report["recipe"]["lr_requested"] == "auto"
     assert report["recipe"]["full_epochs"] == 1 and report["recipe"]["epochs"] == 2
     assert "full = whole training split trained 1 epochs" in (synset_dir.parent / "evaluation.md").read_text()
     row = report["results"][0]
     assert list(row) == ["architecture", "synthetic", "random", "full", "g"]
-    assert len(row["full"]["runs"]) == 1
+    assert len(row["full"]["runs"]) == 1 and len(row["synthetic"]["runs"]) == 2
     overridden = main_evaluation(["--synset", str(synset_dir), *data, *common, "--lr", "0.05", "--out", str(tmp_path)])
     assert overridden["recipe"]["lr"] == 0.05 and "g" not in overridden["results"][0]
     assert "lr 0.05" in (tmp_path / "evaluation.md").read_text()
