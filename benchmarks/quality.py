@@ -46,6 +46,7 @@ def evaluator_args(split: str, epochs: int, repeats: int, seed: int) -> list[str
     """Overrides that make every run's SynsetEvaluator the same (synthetic set only, lr auto)."""
     return [
         "--trainer.callbacks.init_args.architectures=[convnet]", "--trainer.callbacks.init_args.baselines=[]",
+        "--trainer.callbacks.init_args.full=false",
         f"--trainer.callbacks.init_args.network_options={json.dumps(NETWORK)}", "--trainer.callbacks.init_args.lr=auto",
         f"--trainer.callbacks.init_args.epochs={epochs}", f"--trainer.callbacks.init_args.repeats={repeats}",
         f"--trainer.callbacks.init_args.eval_split={split}", f"--trainer.callbacks.init_args.seed={seed}",
