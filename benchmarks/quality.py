@@ -1,12 +1,13 @@
 """Quality table: distilled sets against random / herding / k-center subsets and the full training split.
 
 For each dataset, method (MTT, RFAD), ipc and seed, the shipped ``configs/<method>_<dataset>.yaml`` (with
-its ``configs/<method>_<dataset>_ipc<ipc>.yaml`` overlay where one exists) is run through the ``ddlight`` command exactly as a user would (experts first for MTT), with one shared
-evaluator so every cell is trained with the same recipe: ``--epochs`` epochs, ``--repeats`` networks per
-seed, SpecAugment, a width-64 ConvNet, the learning rate ``auto`` (MTT's learned ``syn_lr``, 0.01 for
-RFAD). The real-subset baselines and the full training split are evaluated in this process with the
-same recipe at lr 0.01 (the protocol's rate for sets without a learned one), once per ipc and seed,
-herding and k-center in the embedding of the final expert. Each cell is the mean ± std over seeds of
+its ``configs/<method>_<dataset>_ipc<ipc>.yaml`` overlay where one exists) is run through the ``ddlight``
+command exactly as a user would (experts first), with one shared evaluator: ``--epochs`` epochs,
+``--repeats`` networks per seed, SpecAugment, a width-64 ConvNet, at the set's learning rate ``auto``
+(MTT's learned ``syn_lr``, 0.01 for RFAD). The real-subset baselines and the full training split are
+evaluated in this process with the same networks, epochs and augmentation at lr 0.01 (the protocol's
+rate for sets without a learned one; the one difference from the distilled sets' recipe), once per ipc
+and seed, herding and k-center in the embedding of the final expert. Each cell is the mean ± std over seeds of
 the per-seed mean accuracy, and ``g = (distilled - random) / (full - random)`` of the means.
 
 Finished runs and baselines under ``--out`` are reused, so an interrupted table resumes. Tune with
@@ -57,7 +58,8 @@ def distill(method: str, dataset: str, out: Path, ipc: int, seed: int, args: arg
     """One distillation run through the CLI (reused when finished); returns its evaluation.json."""
     done = sorted(out.rglob("evaluation.json"))
     if not done:
-        extra = [f"--model.init_args.expert_dir={args.out / 'experts'}"] if method == "mtt" else []
+        # MTT reads the experts; RFAD's own seed draws its random networks and real batches
+        extra = [f"--model.init_args.expert_dir={args.out / 'experts'}"] if method == "mtt" else [f"--model.init_args.seed={seed}"]
         overlay = REPO / f"configs/{method}_{dataset}_ipc{ipc}.yaml"
         configs = ["--config", str(REPO / f"configs/{method}_{dataset}.yaml")]
         configs += ["--config", str(overlay)] if overlay.is_file() else []
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out = args.out or Path("runs/quality") / args.name
     args.method_args = {"mtt": args.mtt_arg, "rfad": args.rfad_arg}
     started = time.time()
-    if "mtt" in args.methods and not (args.out / "experts" / "manifest.json").is_file():
+    if not (args.out / "experts" / "manifest.json").is_file():  # MTT's trajectories, the coresets' embedding
         ddlight(["fit", "--config", str(REPO / f"configs/expert_{args.dataset}.yaml"), *args.data_args, *QUIET,
                  f"--trainer.callbacks.init_args.dirpath={args.out / 'experts'}",
                  f"--trainer.logger.init_args.save_dir={args.out / 'expert_runs'}", "--test_after_fit=false"])
@@ -163,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     for method in args.methods:
         for ipc in args.ipc:
             for seed in args.seeds:
-                report = distill(method, args.dataset, args.out / f"{method}_ipc{ipc}_seed{seed}", ipc, seed, args)
+                folder = f"{method}_ipc{ipc}_seed{seed}" + ("_val" if args.split == "val" else "")
+                report = distill(method, args.dataset, args.out / folder, ipc, seed, args)
                 results.setdefault(method, {}).setdefault(ipc, []).append(report["results"][0]["synthetic"]["mean"])
     base = baselines(load_data(args.dataset, args.data_args), args.ipc, args)
     minutes = (time.time() - started) / 60
