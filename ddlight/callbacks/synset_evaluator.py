@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,7 +13,16 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
 from ddlight.augment import SpecAugment
-from ddlight.evaluation import BASELINES, build_report, evaluate_synset, markdown_table, protocol_recipe, write_report
+from ddlight.evaluation import (
+    BASELINES,
+    build_report,
+    evaluate_synset,
+    full_recipe,
+    markdown_table,
+    protocol_recipe,
+    resolve_lr,
+    write_report,
+)
 
 
 class SynsetEvaluator(Callback):
@@ -76,6 +86,13 @@ class SynsetEvaluator(Callback):
             raise ValueError(f"unknown baselines {unknown}; valid: {', '.join(BASELINES)}")
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1 or None, got {every_n_steps}")
+        if lr != "auto":
+            resolve_lr(lr, {})  # a bad learning rate fails here, not after the whole distillation
+        full_recipe(full_epochs, full_repeats)
+        if eval_split not in ("test", "val"):
+            raise ValueError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
+        if full and "random" not in baselines:
+            warnings.warn("full: true without the random baseline trains the full split but gives no g", stacklevel=2)
         self.architectures = list(architectures or ["convnet"])
         self.repeats = repeats
         self.epochs = epochs

@@ -74,7 +74,11 @@ class SynsetDataModule(L.LightningDataModule):
     def learned_lr(self) -> float | None:
         """The step size the set was distilled with (MTT's ``syn_lr``), None when it has none."""
         value = self.synset.manifest.get("syn_lr")
-        return float(value) if value is not None else None
+        if value is None:
+            return None
+        if not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{self.path / 'manifest.json'} has syn_lr={value!r}; train with a number instead of lr auto")
+        return float(value)
 
     def _check_compatible(self, real: AudioDataModule) -> None:
         manifest = self.synset.manifest

@@ -134,6 +134,7 @@ class MTT(Distiller):
         self.student: nn.Module | None = None
         self.generator = torch.Generator()
         self.bad_steps = 0
+        self.max_start = max_start_epoch  # clipped to what the experts recorded in setup()
 
     # ------------------------------------------------------------------------------------ experts
     def setup(self, stage: str) -> None:
@@ -338,5 +339,6 @@ class MTT(Distiller):
             "syn_steps": hp.syn_steps,
             "expert_epochs": hp.expert_epochs,
             "max_start_epoch": hp.max_start_epoch,
+            "start_epochs": [0, self.max_start],  # drawn from [0, max_start): the window the experts allowed
             "ema": hp.ema_decay is not None,
         }

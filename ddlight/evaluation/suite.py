@@ -73,8 +73,15 @@ def protocol_recipe(
 
 
 def full_recipe(full_epochs: int | None, full_repeats: int | None) -> dict[str, int]:
-    """Overrides of the protocol for the full-split reference (only those that are set)."""
-    return {k: v for k, v in (("epochs", full_epochs), ("repeats", full_repeats)) if v}
+    """Overrides of the protocol for the full-split reference (only those that are set).
+
+    Raises:
+        ValueError: If a count is set below 1.
+    """
+    for name, value in (("full_epochs", full_epochs), ("full_repeats", full_repeats)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1 or None, got {value}")
+    return {k: v for k, v in (("epochs", full_epochs), ("repeats", full_repeats)) if v is not None}
 
 
 def gap_closure(synthetic: float, random: float, full: float) -> float | None:

@@ -78,17 +78,28 @@ class Classifier(L.LightningModule):
         )
 
     def setup(self, stage: str) -> None:
-        """Ask the DataModule for one independent batch order per network (``independent_orders``)."""
-        if stage != "fit" or len(self.networks) == 1 or not self.hparams.independent_orders:
+        """Ask the DataModule for one independent batch order per network (``independent_orders``).
+
+        Under DDP the networks share one order per rank (Lightning shards the data with its own
+        distributed sampler, which cannot be combined with :class:`~ddlight.data.base.IndependentOrders`).
+        """
+        if stage != "fit":
             return
         datamodule = self.trainer.datamodule
-        if hasattr(datamodule, "train_orders"):
-            datamodule.train_orders = len(self.networks)
-            self.orders = len(self.networks)
-        else:
+        wanted = len(self.networks) if self.hparams.independent_orders else 1
+        if wanted > 1 and self.trainer.world_size > 1:
             warnings.warn(
-                f"{type(datamodule).__name__} has no train_orders: the {len(self.networks)} networks share one "
-                f"batch order", stacklevel=2,
+                f"independent_orders is not supported under DDP: the {wanted} networks share one batch order "
+                f"per rank", stacklevel=2,
+            )
+            wanted = 1
+        if hasattr(datamodule, "train_orders"):
+            datamodule.train_orders = wanted  # also 1: a reused DataModule must not keep an earlier model's
+            self.orders = wanted
+        elif wanted > 1:
+            warnings.warn(
+                f"{type(datamodule).__name__} has no train_orders: the {wanted} networks share one batch order",
+                stacklevel=2,
             )
 
     def forward(self, x: Tensor) -> Tensor:

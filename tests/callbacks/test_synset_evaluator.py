@@ -86,6 +86,19 @@ def test_unknown_baseline_is_refused() -> None:
         SynsetEvaluator(baselines=["coreset"])
 
 
+def test_bad_settings_are_refused_before_training() -> None:
+    with pytest.raises(ValueError, match="'fast'"):
+        SynsetEvaluator(lr="fast")
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        SynsetEvaluator(lr=-0.1)
+    with pytest.raises(ValueError, match="full_repeats must be >= 1"):
+        SynsetEvaluator(full=True, full_repeats=0)
+    with pytest.raises(ValueError, match="eval_split"):
+        SynsetEvaluator(eval_split="train")
+    with pytest.warns(UserWarning, match="no g"):
+        SynsetEvaluator(full=True, baselines=["herding"])
+
+
 def test_feature_grid_png() -> None:
     from ddlight.callbacks.synset_evaluator import feature_grid_png
 

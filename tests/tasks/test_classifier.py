@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import lightning as L
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -61,11 +64,16 @@ def test_setup_gives_each_expert_its_own_batch_order() -> None:
                         accelerator="cpu", limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     assert model.orders == 3 and data.train_orders == 3
+    sampler = data.train_dataloader().batch_sampler
     torch.manual_seed(1)
-    batches = [b[1] for b in data.train_dataloader()]  # labels of each step: 3 chunks of up to 4
+    batches = [torch.tensor(b) for b in sampler]  # indices of each step: 3 chunks of up to 4
     orders = [torch.cat([b.view(3, -1)[k] for b in batches]) for k in range(3)]
-    assert all(sorted(o.tolist()) == sorted(data.splits["train"].labels.tolist()) for o in orders)
-    assert not (torch.equal(orders[0], orders[1]) and torch.equal(orders[1], orders[2]))
+    assert all(sorted(o.tolist()) == list(range(len(data.splits["train"]))) for o in orders)
+    assert not any(torch.equal(orders[i], orders[j]) for i, j in ((0, 1), (0, 2), (1, 2)))
+    single = Classifier(data.feature_shape, data.num_classes, network_options={"width": 4, "depth": 1})
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
+              limit_val_batches=0).fit(single, datamodule=data)
+    assert data.train_orders == 1  # a reused DataModule does not keep the earlier model's orders
 
 
 def test_training_batches_are_augmented_only_when_asked() -> None:
@@ -76,3 +84,12 @@ def test_training_batches_are_augmented_only_when_asked() -> None:
     torch.manual_seed(0)
     assert not torch.equal(on.augment.train()(x), x)
     assert torch.equal(off.augment.train()(x), x)
+
+
+def test_ddp_falls_back_to_one_order_per_rank_with_a_warning() -> None:
+    data = SyntheticSounds(train_per_class=2, val_per_class=1, test_per_class=1, duration=0.25)
+    model = Classifier(data.feature_shape, data.num_classes, network_options={"width": 4, "depth": 1}, num_models=2)
+    model._trainer = SimpleNamespace(world_size=2, datamodule=data)  # what a DDP rank's trainer reports
+    with pytest.warns(UserWarning, match="not supported under DDP"):
+        model.setup("fit")
+    assert model.orders == 1 and data.train_orders == 1
