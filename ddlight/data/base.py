@@ -172,25 +172,18 @@ class AudioDataModule(L.LightningDataModule, ABC):
             raise RuntimeError(f"split {split!r} is not loaded; call setup() first")
         return WaveformDataset(self.splits[split])
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+    def _loader(self, split: str, shuffle: bool, orders: int = 1) -> DataLoader:
+        """Loader of ``split``; ``orders > 1`` batches independent shuffles side by side."""
+        dataset = self.dataset(split)
+        batching = (
+            {"batch_sampler": IndependentOrders(len(dataset), self.batch_size, orders)}
+            if orders > 1
+            else {"batch_size": self.batch_size, "shuffle": shuffle}
         )
+        return DataLoader(dataset, num_workers=self.num_workers, persistent_workers=self.num_workers > 0, **batching)
 
     def train_dataloader(self) -> DataLoader:
-        if self.train_orders == 1:
-            return self._loader("train", shuffle=True)
-        dataset = self.dataset("train")
-        return DataLoader(
-            dataset,
-            batch_sampler=IndependentOrders(len(dataset), self.batch_size, self.train_orders),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return self._loader("train", shuffle=True, orders=self.train_orders)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
