@@ -82,17 +82,18 @@ class SpecAugment(nn.Module):
         self.noise = noise
         self.enabled = enabled
 
-    def _coin(self, batch: int, device: torch.device) -> Tensor:
+    def _coin(self, batch: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
         """Per-sample Bernoulli(p) decisions ``[B]`` (bool)."""
-        return torch.rand(batch, device=device) < self.p
+        return torch.rand(batch, device=device, generator=generator) < self.p
 
-    def shift(self, x: Tensor) -> Tensor:
+    def shift(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Shift each sample in time by up to ``max_shift`` × T frames (gather: differentiable)."""
         b, _, _, t = x.shape
         limit = int(self.max_shift * t)
         if limit == 0:
             return x
-        offsets = torch.randint(-limit, limit + 1, (b,), device=x.device) * self._coin(b, x.device)
+        offsets = torch.randint(-limit, limit + 1, (b,), device=x.device, generator=generator)
+        offsets = offsets * self._coin(b, x.device, generator)
         source = torch.arange(t, device=x.device) - offsets[:, None]  # [B, T]: output frame j reads j - offset
         valid = (source >= 0) & (source < t)
         index = source.remainder(t).view(b, 1, 1, t).expand_as(x)
@@ -101,7 +102,10 @@ class SpecAugment(nn.Module):
             out = out * valid.view(b, 1, 1, t).to(x.dtype)
         return out
 
-    def band_mask(self, batch: int, size: int, count: int, max_width: float, device: torch.device) -> Tensor:
+    def band_mask(
+        self, batch: int, size: int, count: int, max_width: float, device: torch.device,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """Multiplicative mask ``[B, size]`` with ``count`` random zero bands of up to ``max_width`` × size."""
         keep = torch.ones(batch, size, device=device)
         widest = int(max_width * size)
@@ -109,27 +113,38 @@ class SpecAugment(nn.Module):
             return keep
         positions = torch.arange(size, device=device)
         for _ in range(count):
-            width = torch.randint(0, widest + 1, (batch, 1), device=device)
-            start = (torch.rand(batch, 1, device=device) * (size - width + 1)).floor()
+            width = torch.randint(0, widest + 1, (batch, 1), device=device, generator=generator)
+            start = (torch.rand(batch, 1, device=device, generator=generator) * (size - width + 1)).floor()
             band = (positions >= start) & (positions < start + width)
-            keep = keep * ~(band & self._coin(batch, device)[:, None])
+            keep = keep * ~(band & self._coin(batch, device, generator)[:, None])
         return keep
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Augment ``x`` ``[B, C, F, T]``; identity in eval mode or when disabled."""
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Augment ``x`` ``[B, C, F, T]``; identity in eval mode or when disabled.
+
+        Args:
+            x: Features ``[B, C, F, T]``.
+            generator: Source of the random draws (on ``x``'s device); None uses the global RNG. A
+                generator seeded the same way replays the same augmentation (MTT's checkpointed unroll
+                recomputes its steps this way).
+        """
         if not self.training or not self.enabled:
             return x
         b, _, f, t = x.shape
-        x = self.shift(x)
+        g = generator
+        x = self.shift(x, g)
         if self.time_masks:
-            x = x * self.band_mask(b, t, self.time_masks, self.max_time_mask, x.device).view(b, 1, 1, t).to(x.dtype)
+            keep = self.band_mask(b, t, self.time_masks, self.max_time_mask, x.device, g)
+            x = x * keep.view(b, 1, 1, t).to(x.dtype)
         if self.freq_masks:
-            x = x * self.band_mask(b, f, self.freq_masks, self.max_freq_mask, x.device).view(b, 1, f, 1).to(x.dtype)
+            keep = self.band_mask(b, f, self.freq_masks, self.max_freq_mask, x.device, g)
+            x = x * keep.view(b, 1, f, 1).to(x.dtype)
         if self.gain:
-            factor = 1 + self.gain * (2 * torch.rand(b, 1, 1, 1, device=x.device, dtype=x.dtype) - 1)
-            x = x * torch.where(self._coin(b, x.device).view(b, 1, 1, 1), factor, torch.ones_like(factor))
+            factor = 1 + self.gain * (2 * torch.rand(b, 1, 1, 1, device=x.device, dtype=x.dtype, generator=g) - 1)
+            x = x * torch.where(self._coin(b, x.device, g).view(b, 1, 1, 1), factor, torch.ones_like(factor))
         if self.noise:
-            x = x + self.noise * torch.randn_like(x) * self._coin(b, x.device).view(b, 1, 1, 1).to(x.dtype)
+            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=g)
+            x = x + self.noise * noise * self._coin(b, x.device, g).view(b, 1, 1, 1).to(x.dtype)
         return x
 
     def config(self) -> dict[str, float | int | str] | None:

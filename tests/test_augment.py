@@ -49,3 +49,14 @@ def test_identity_in_eval_mode_or_disabled() -> None:
     assert SpecAugment(p=1.0, noise=1.0, enabled=False)(x) is x
     with pytest.raises(ValueError, match="shift_mode"):
         SpecAugment(shift_mode="flip")
+
+
+def test_a_seeded_generator_replays_the_same_augmentation() -> None:
+    augment = SpecAugment(p=1.0, gain=0.2, noise=0.1)
+    x = torch.randn(6, 1, 16, 40)
+    first = augment(x, torch.Generator().manual_seed(3))
+    torch.manual_seed(123)  # the global RNG plays no part
+    again = augment(x, torch.Generator().manual_seed(3))
+    other = augment(x, torch.Generator().manual_seed(4))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
