@@ -59,9 +59,17 @@ class MTT(Distiller):
       warning; rising above ``max_syn_lr`` stops training with a ``RuntimeError``: lower ``lr_lr``
       (or ``lr_img``) and rerun, or resume from the last checkpoint with the lower value.
 
-    Memory grows linearly with ``syn_steps`` × ``batch_syn`` (the whole unroll is kept for the
-    backward pass); TESLA's constant-memory gradient is not implemented, so lower either when
-    memory runs out.
+    Memory: ``unroll="full"`` keeps the graph of the whole unroll for the backward pass, so memory grows
+    linearly with ``syn_steps`` (about 1.1 GiB per student step at the UrbanSound8K feature shape, ipc
+    10). ``unroll="checkpointed"`` computes the same meta-gradient in bounded memory: a first pass runs
+    the ``syn_steps`` student steps without a graph and keeps the parameters every ``segment`` steps;
+    the backward pass then rebuilds the graph of one segment at a time, last to first, replaying each
+    step's minibatch and augmentation draw, and carries the adjoint ``∂L/∂θ`` from segment to segment.
+    Memory is that of ``segment`` steps plus one parameter vector per segment, whatever ``syn_steps``;
+    the price is one extra first-order pass (about a third more time). The gradient is exact (equal to
+    the full unroll's up to the summation order of floating point); TESLA's (Cui et al. 2023) per-step
+    accumulation is not used because it drops the dependence of later student steps on earlier
+    batches.
 
     Args:
         in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
@@ -91,6 +99,8 @@ class MTT(Distiller):
         allow_augment_mismatch: Match trajectories recorded with another augmentation setting than
             ``augment`` (by default that is refused: the original's experts train with the very
             augmentation the student sees).
+        unroll: ``full`` (keep the whole unroll's graph) or ``checkpointed`` (bounded memory, see above).
+        segment: Student steps per recomputed segment of the checkpointed unroll.
     """
 
     def __init__(
@@ -118,10 +128,14 @@ class MTT(Distiller):
         min_syn_lr: float = 1e-5,
         max_syn_lr: float = 1.0,
         allow_augment_mismatch: bool = False,
+        unroll: Literal["full", "checkpointed"] = "full",
+        segment: int = 4,
     ) -> None:
         super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale)
-        if syn_steps < 1 or expert_epochs < 1 or max_start_epoch < 1:
-            raise ValueError("syn_steps, expert_epochs and max_start_epoch must be >= 1")
+        if syn_steps < 1 or expert_epochs < 1 or max_start_epoch < 1 or segment < 1:
+            raise ValueError("syn_steps, expert_epochs, max_start_epoch and segment must be >= 1")
+        if unroll not in ("full", "checkpointed"):
+            raise ValueError(f"unroll must be 'full' or 'checkpointed', got {unroll!r}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
         if not 0.0 < min_syn_lr < max_syn_lr:
@@ -133,6 +147,7 @@ class MTT(Distiller):
         self.experts: list[dict[str, Tensor]] = []
         self.student: nn.Module | None = None
         self.generator = torch.Generator()
+        self.augment_generator = torch.Generator()  # reseeded per student step; moved to the device in on_fit_start
         self.bad_steps = 0
         self.max_start = max_start_epoch  # clipped to what the experts recorded in setup()
 
@@ -218,35 +233,102 @@ class MTT(Distiller):
             chunks.extend(torch.randperm(n, generator=self.generator).split(batch))
         return chunks[: self.hparams.syn_steps]
 
-    def unroll(self, start: Tensor) -> Tensor:
-        """Take ``syn_steps`` differentiable SGD steps of the student from ``start`` on the synthetic set.
+    def plan(self) -> list[tuple[Tensor, int]]:
+        """The ``syn_steps`` student steps to take: minibatch indices and augmentation seed of each."""
+        return [(idx, int(torch.randint(2**62, (1,), generator=self.generator))) for idx in self.minibatches()]
+
+    def student_step(
+        self, params: Tensor, step: tuple[Tensor, int], x: Tensor, y: Tensor, lr: Tensor, create_graph: bool
+    ) -> Tensor:
+        """One SGD step of the student on the minibatch ``step`` of ``(x, y)``: ``θ − lr ∇ℓ(θ)``.
+
+        Args:
+            params: Flat student parameters (must require grad).
+            step: Minibatch indices and the seed of its augmentation draw (replayed exactly).
+            x: Synthetic features.
+            y: Their targets.
+            lr: Student step size.
+            create_graph: Keep the graph of the gradient (for the meta-gradient).
+        """
+        idx, seed = step
+        idx = idx.to(x.device)
+        inputs = self.augment(x[idx], self.augment_generator.manual_seed(seed))
+        loss = soft_cross_entropy(functional_call(self.student, self.unflatten(params), (inputs,)), y[idx])
+        (grad,) = torch.autograd.grad(loss, params, create_graph=create_graph)
+        return params - lr * grad
+
+    def unroll(self, start: Tensor, plan: list[tuple[Tensor, int]] | None = None) -> Tensor:
+        """Take the student steps of ``plan`` (default: a fresh :meth:`plan`) from ``start``, differentiably.
 
         Returns:
             The final flat parameters, differentiable w.r.t. the set, ``syn_lr`` and the labels.
         """
         x, y = self.synthetic, self.targets()
         params = start.detach().requires_grad_(True)
-        for idx in self.minibatches():
-            idx = idx.to(x.device)
-            logits = functional_call(self.student, self.unflatten(params), (self.augment(x[idx]),))
-            loss = soft_cross_entropy(logits, y[idx])
-            (grad,) = torch.autograd.grad(loss, params, create_graph=True)
-            params = params - self.syn_lr * grad
+        for step in plan if plan is not None else self.plan():
+            params = self.student_step(params, step, x, y, self.syn_lr, create_graph=True)
         return params
 
-    def matching_loss(self) -> tuple[Tensor, int]:
-        """Sample an expert and a start epoch, unroll the student, return the loss and the start epoch."""
+    def checkpointed_backward(self, start: Tensor, target: Tensor, plan: list[tuple[Tensor, int]]) -> Tensor:
+        """Matching loss of ``plan`` from ``start``; its gradient is accumulated into the trained tensors.
+
+        The memory-bounded equivalent of ``trajectory_loss(self.unroll(start, plan), start, target)``
+        followed by a backward pass (see the class docstring).
+        """
+        x, y, lr = self.synthetic.detach(), self.targets().detach(), self.syn_lr.detach()
+        segment = self.hparams.segment
+        checkpoints, params = [], start.detach()
+        for i, step in enumerate(plan):  # first pass: no graph, keep the start of every segment
+            if i % segment == 0:
+                checkpoints.append(params)
+            params = self.student_step(params.requires_grad_(True), step, x, y, lr, create_graph=False).detach()
+        final = params.requires_grad_(True)
+        loss = trajectory_loss(final, start, target)
+        (adjoint,) = torch.autograd.grad(loss, final)
+        trained = self.trained_tensors()
+        for k in reversed(range(len(checkpoints))):  # backward: one segment's graph at a time
+            begin = checkpoints[k].requires_grad_(True)
+            params, y = begin, self.targets()
+            for step in plan[k * segment : (k + 1) * segment]:
+                params = self.student_step(params, step, self.synthetic, y, self.syn_lr, create_graph=True)
+            inputs = trained + [begin] if k else trained
+            grads = torch.autograd.grad(params, inputs, grad_outputs=adjoint)
+            for tensor, grad in zip(trained, grads):
+                tensor.grad = grad if tensor.grad is None else tensor.grad.add_(grad)
+            adjoint = grads[-1]
+        return loss.detach()
+
+    def sample_segment(self) -> tuple[Tensor, Tensor, int]:
+        """Sample an expert and a start epoch ``t`` in ``[0, max_start)``.
+
+        Returns:
+            The flat expert parameters ``θ*_t`` and ``θ*_{t+expert_epochs}``, and ``t``.
+        """
         expert = self.experts[int(torch.randint(len(self.experts), (1,), generator=self.generator))]
-        start = int(torch.randint(self.max_start, (1,), generator=self.generator))  # [0, max_start)
-        theta = self.flat(expert, start)
-        target = self.flat(expert, start + self.hparams.expert_epochs)
-        return trajectory_loss(self.unroll(theta), theta, target), start
+        start = int(torch.randint(self.max_start, (1,), generator=self.generator))
+        return self.flat(expert, start), self.flat(expert, start + self.hparams.expert_epochs), start
+
+    def matching_backward(self) -> tuple[Tensor, int]:
+        """Sample a segment (:meth:`sample_segment`) and a :meth:`plan`; backpropagate the matching loss.
+
+        Returns:
+            The loss (detached) and the start epoch. The gradients are accumulated into the trained
+            tensors' ``.grad`` (full unroll through :meth:`manual_backward`).
+        """
+        theta, target, start = self.sample_segment()
+        plan = self.plan()
+        if self.hparams.unroll == "checkpointed":
+            return self.checkpointed_backward(theta, target, plan), start
+        loss = trajectory_loss(self.unroll(theta, plan), theta, target)
+        self.manual_backward(loss)  # also when non-finite: every rank must join the gradient all-reduce
+        return loss.detach(), start
 
     # ------------------------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
         """Initialise the set (base), its average, and a per-rank sampling generator."""
         super().on_fit_start()
         self.student.to(self.device)
+        self.augment_generator = torch.Generator(self.device)
         self.generator.manual_seed(torch.initial_seed() % 2**62 + 7919 * self.global_rank + self.global_step)
         if self.synthetic_ema is not None and self.global_step == 0:
             self.synthetic_ema.copy_(self.synthetic.detach())
@@ -271,8 +353,7 @@ class MTT(Distiller):
         optimizers = self.optimizers()
         for opt in optimizers:
             opt.zero_grad(set_to_none=False)
-        loss, start = self.matching_loss()
-        self.manual_backward(loss)  # also when non-finite: every rank must join the gradient all-reduce
+        loss, start = self.matching_backward()  # also when non-finite: every rank joins the all-reduce
         loss = self.average_gradients(loss)
         grads = [t.grad for t in self.trained_tensors()]
         if not (torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)):

@@ -91,6 +91,49 @@ def test_unroll_matches_manual_sgd_and_gives_gradients() -> None:
     assert grad_lr.item() == pytest.approx((values[0] - values[1]) / (2 * eps), rel=2e-2)
 
 
+def _meta_gradients(mtt: MTT, start: torch.Tensor, target: torch.Tensor, plan: list) -> list[torch.Tensor]:
+    for tensor in mtt.trained_tensors():
+        tensor.grad = None
+    if mtt.hparams.unroll == "checkpointed":
+        mtt.checkpointed_backward(start, target, plan)
+    else:
+        trajectory_loss(mtt.unroll(start, plan), start, target).backward()
+    return [tensor.grad.clone() for tensor in mtt.trained_tensors()]
+
+
+@pytest.mark.parametrize(("syn_steps", "segment"), [(5, 2), (4, 4), (3, 1), (2, 8)])
+def test_checkpointed_unroll_gives_the_full_unrolls_gradient(syn_steps: int, segment: int) -> None:
+    """Same set, labels, plan and augmentation draws: the two unrolls give one meta-gradient."""
+    manifest = {"network": "convnet", "network_options": {"width": 4, "depth": 2}, "in_shape": [2, 8, 12], "num_classes": 3}
+    grads = {}
+    for unroll in ("full", "checkpointed"):
+        torch.manual_seed(0)
+        mtt = MTT((2, 8, 12), 3, ipc=3, syn_steps=syn_steps, batch_syn=4, learn_labels=True, syn_lr_init=0.05,
+                  unroll=unroll, segment=segment)
+        mtt.build_student(manifest)
+        mtt.generator.manual_seed(1)
+        start = torch.randn(sum(p.numel() for p in mtt.student.parameters())) * 0.3
+        target = start + 0.05 * torch.randn_like(start)
+        grads[unroll] = _meta_gradients(mtt, start, target, mtt.plan())
+    for full, checkpointed in zip(grads["full"], grads["checkpointed"]):
+        assert full.abs().sum() > 0
+        # exact up to the order in which floating-point contributions are summed
+        torch.testing.assert_close(checkpointed, full, rtol=1e-5, atol=1e-7)
+
+
+def test_checkpointed_unroll_replays_the_augmentation() -> None:
+    """Without replaying each step's draw the recomputed segment would differ from the first pass."""
+    manifest = {"network": "convnet", "network_options": {"width": 4, "depth": 1}, "in_shape": [1, 8, 12], "num_classes": 2}
+    mtt = MTT((1, 8, 12), 2, ipc=2, syn_steps=3, unroll="checkpointed", segment=2)
+    mtt.build_student(manifest)
+    plan = mtt.plan()
+    start = torch.randn(sum(p.numel() for p in mtt.student.parameters()))
+    final = mtt.unroll(start, plan).detach()
+    other = [(idx, seed + 1) for idx, seed in plan]
+    assert not torch.allclose(mtt.unroll(start, other).detach(), final)  # the draws matter...
+    torch.testing.assert_close(mtt.unroll(start, plan).detach(), final, rtol=0, atol=0)  # ...and replay exactly
+
+
 def test_fit_learns_and_export_round_trips(experts: Path, tmp_path: Path) -> None:
     L.seed_everything(0)
     mtt = _mtt(experts)
@@ -111,8 +154,8 @@ class _NaNOnce(MTT):
     bad: tuple[int, ...] = (1,)
     calls = 0
 
-    def matching_loss(self) -> tuple[torch.Tensor, int]:
-        loss, start = super().matching_loss()
+    def matching_backward(self) -> tuple[torch.Tensor, int]:
+        loss, start = super().matching_backward()
         self.calls += 1
         return (loss * math.nan if self.calls - 1 in self.bad else loss), start
 
@@ -205,7 +248,7 @@ def test_minibatches_never_repeat_a_sample_within_a_step(batch_syn: int | None, 
 def test_start_epochs_are_drawn_below_max_start_epoch(experts: Path) -> None:
     mtt = _mtt(experts, max_start_epoch=2, expert_epochs=1)
     _trainer(1).fit(mtt, datamodule=_data())  # loads the 3-epoch experts: starts in [0, 2)
-    starts = {mtt.matching_loss()[1] for _ in range(40)}
+    starts = {mtt.sample_segment()[2] for _ in range(40)}
     assert starts == {0, 1}
 
 
@@ -223,7 +266,7 @@ class _RankCheck(Callback):
                 f.write(" ".join(f"{v:.17g}" for v in gathered.flatten().tolist()) + "\n")
 
 
-def _ddp_worker(rank: int, world_size: int, experts: str, out: str, port: int) -> None:
+def _ddp_worker(rank: int, world_size: int, experts: str, out: str, port: int, unroll: str) -> None:
     """One rank of a CPU/gloo DDP run (the environment variables make Lightning join, not launch)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
                       RANK=str(rank), LOCAL_RANK=str(rank), NODE_RANK="0")
@@ -232,22 +275,23 @@ def _ddp_worker(rank: int, world_size: int, experts: str, out: str, port: int) -
     strategy = "ddp" if world_size > 1 else "auto"
     trainer = _trainer(3, strategy=strategy, devices=world_size, callbacks=[_RankCheck(out)],
                        default_root_dir=str(Path(out).parent))
-    trainer.fit(_mtt(Path(experts)), datamodule=_data())
+    trainer.fit(_mtt(Path(experts), unroll=unroll, segment=1), datamodule=_data())
 
 
-def _ddp_run(experts: Path, out: Path, world_size: int) -> list[list[float]]:
+def _ddp_run(experts: Path, out: Path, world_size: int, unroll: str) -> list[list[float]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_ddp_worker, args=(world_size, str(experts), str(out), port), nprocs=world_size,
+    mp.start_processes(_ddp_worker, args=(world_size, str(experts), str(out), port, unroll), nprocs=world_size,
                        start_method="spawn")
     return [[float(v) for v in line.split()] for line in out.read_text().splitlines()]
 
 
 @pytest.mark.timeout(180)
-def test_ddp_two_processes_keep_one_set(experts: Path, tmp_path: Path) -> None:
-    single = _ddp_run(experts, tmp_path / "one.txt", world_size=1)
-    double = _ddp_run(experts, tmp_path / "two.txt", world_size=2)
+@pytest.mark.parametrize("unroll", ["full", "checkpointed"])
+def test_ddp_two_processes_keep_one_set(experts: Path, tmp_path: Path, unroll: str) -> None:
+    single = _ddp_run(experts, tmp_path / "one.txt", world_size=1, unroll=unroll)
+    double = _ddp_run(experts, tmp_path / "two.txt", world_size=2, unroll=unroll)
     assert len(single) == len(double) == 3
     for row in double:  # rank 0 and rank 1 hold the same set after every step
         assert row[:2] == row[2:]
