@@ -5,13 +5,24 @@
 
 The DataModule's ``num_classes`` and ``feature_shape`` are linked into the model's ``num_classes`` and
 ``in_shape``, so no config hard-codes them. After ``fit`` the test split is evaluated
-(``--test_after_fit false`` turns that off).
+(``--test_after_fit false`` turns that off). When a model or DataModule refuses its arguments (an absurd
+``ipc``, a folder that holds no distilled set, ...), its own error is raised, not the argument parser's
+dump of every class it tried.
 """
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningDataModule, LightningModule
+import signal
+import sys
+from types import TracebackType
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from ddlight.callbacks import SaveOnInterrupt
 
 
 class DDLightCLI(LightningCLI):
@@ -24,20 +35,70 @@ class DDLightCLI(LightningCLI):
             "--test_after_fit", type=bool, default=True, help="Run the test split after fit."
         )
 
+    def instantiate_classes(self) -> None:
+        """Instantiate as LightningCLI does, re-raising a class's own refusal instead of the parser's wrapper."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            cause = _own_error(err)
+            if cause is err:
+                raise
+            raise cause.with_traceback(cause.__traceback__) from None
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The configured trainer, with ``last.ckpt`` checkpointing unless the config turns it off.
+
+        Without a ``ModelCheckpoint`` of its own, a run that checkpoints (Lightning's default) saves
+        ``last.ckpt`` (and Lightning's latest ``epoch=E-step=S.ckpt``) at the end of every epoch of its
+        training loader (for distillers, whose loader only clocks the steps, every ``len(train loader)``
+        updates) and on SIGTERM/SIGINT
+        (:class:`~ddlight.callbacks.SaveOnInterrupt`), into ``<run dir>/checkpoints``. Resume with
+        ``--ckpt_path last`` and the logger's version of that run
+        (``--trainer.logger.init_args.version N`` for the CSV and TensorBoard loggers).
+        """
+        trainer_config = self._get(self.config_init, "trainer", default={}) or {}
+        configured = trainer_config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        if trainer_config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in configured):
+            kwargs["callbacks"] = [*configured, ModelCheckpoint(save_last=True)]
+        return super().instantiate_trainer(**kwargs)
+
     def after_fit(self) -> None:
         """Evaluate on the test split once training is done (the accuracy every run reports)."""
         if self.config[self.subcommand].get("test_after_fit") and not self.trainer.interrupted:
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
 
 
+def _raised_in_jsonargparse(traceback: TracebackType | None) -> bool:
+    """Whether the innermost frame of ``traceback`` belongs to jsonargparse."""
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return traceback is not None and "jsonargparse" in traceback.tb_frame.f_code.co_filename
+
+
+def _own_error(error: BaseException) -> BaseException:
+    """The error a class raised under jsonargparse's wrapping errors (``error`` itself if none)."""
+    while error.__cause__ is not None and _raised_in_jsonargparse(error.__traceback__):
+        error = error.__cause__
+    return error
+
+
 def main(args: ArgsType = None) -> None:
-    """Entry point of the ``ddlight`` command (``args`` lets tests call it in-process)."""
-    DDLightCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        args=args,
-    )
+    """Entry point of the ``ddlight`` command (``args`` lets tests call it in-process).
+
+    Every ``fit`` gets :class:`~ddlight.callbacks.SaveOnInterrupt`; a run stopped by SIGTERM exits with
+    status 143 (128 + SIGTERM) after saving, where Lightning alone would exit 0 with nothing saved.
+    """
+    try:
+        DDLightCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [SaveOnInterrupt()]},
+            auto_configure_optimizers=False,
+            args=args,
+        )
+    except SIGTERMException:
+        sys.exit(128 + signal.SIGTERM)

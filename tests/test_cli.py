@@ -140,9 +140,15 @@ def test_teacher_config_replaces_the_expert_model(capsys: pytest.CaptureFixture[
 
 
 def _runs() -> list[list[str]]:
-    """Every whole-run config, and each Table-3 overlay (``rfad_<ds>_ipc<N>.yaml``) after its base config."""
+    """Every ``ddlight fit`` config, and each overlay (``<stage>_<ds>_ipc<N>.yaml``) after its base config.
+
+    The downstream studies' configs (``continual_*``, ``nas_*``) belong to ``python -m ddlight.downstream.*``
+    and are parsed by its tests (tests/downstream).
+    """
     runs = []
     for path in sorted(CONFIGS.glob("*.yaml")):
+        if path.name.startswith(("continual_", "nas_")):
+            continue
         base = path.name.split("_ipc")[0] + ".yaml"
         runs.append([str(CONFIGS / base), str(path)] if "_ipc" in path.name else [str(path)])
     return runs

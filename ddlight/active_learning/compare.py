@@ -174,6 +174,24 @@ def markdown(rows: Sequence[dict[str, Any]], dataset: str, tolerance: float) -> 
     return "\n".join(lines)
 
 
+#: Keys that tell an ``al_results.json`` and an ``evaluation.json`` apart from any other JSON file.
+AL_KEYS = ("dataset", "pool_size", "num_classes", "protocol", "results")
+EVALUATION_KEYS = ("dataset", "ipc", "results")
+
+
+def load_report(path: Path, keys: Sequence[str], kind: str, writer: str) -> dict[str, Any]:
+    """Read a result file, checking that it is the ``kind`` of report ``compare`` needs.
+
+    Raises:
+        ValueError: Naming the file, what it lacks and which file to pass instead.
+    """
+    document = load_json(path)
+    missing = [key for key in keys if not isinstance(document, dict) or key not in document]
+    if missing:
+        raise ValueError(f"{path} is not an {kind} (it lacks {missing}); pass the {kind} that {writer} writes")
+    return document
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: read the JSON files, write the Markdown table (and print it)."""
     parser = argparse.ArgumentParser(prog="python -m ddlight.active_learning.compare", description=__doc__.split("\n")[0])
@@ -185,8 +203,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not math.isfinite(args.tolerance) or args.tolerance < 0:
         parser.error("--tolerance must be a non-negative number")
-    al = [load_json(p) for p in args.al]
-    distilled = [load_json(p) for p in args.distilled]
+    al_writer = "an active-learning run (configs/al_<dataset>.yaml)"
+    al = [load_report(p, AL_KEYS, "al_results.json", al_writer) for p in args.al]
+    distilled = [load_report(p, EVALUATION_KEYS, "evaluation.json", "a distillation run") for p in args.distilled]
     rows = compare(al, distilled, args.min_percent, args.tolerance)
     text = markdown(rows, al[0]["dataset"], args.tolerance)
     atomic_write(args.out, lambda tmp: tmp.write_text(text))

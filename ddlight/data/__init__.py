@@ -4,7 +4,7 @@ from ddlight.data.audio_folder import AudioFolder
 from ddlight.data.audio_io import AudioDecodeError, load_audio, read_audio
 from ddlight.data.audiomnist import AudioMNIST
 from ddlight.data.base import SPLITS, AudioDataModule, WaveformDataset, WaveformSet
-from ddlight.data.download import DownloadInfo, download_and_extract
+from ddlight.data.download import DownloadError, DownloadInfo, download_and_extract
 from ddlight.data.esc50 import ESC50
 from ddlight.data.files import FileAudioDataModule
 from ddlight.data.speech_commands import SpeechCommands
@@ -17,6 +17,7 @@ __all__ = [
     "AudioDecodeError",
     "AudioFolder",
     "AudioMNIST",
+    "DownloadError",
     "DownloadInfo",
     "FileAudioDataModule",
     "SpeechCommands",

@@ -31,10 +31,18 @@ import numpy as np
 from ddlight.data.base import SPLITS
 from ddlight.data.files import FileAudioDataModule, FileList
 from ddlight.features import FeatureConfig
-from ddlight.io import atomic_path
+from ddlight.io import atomic_path, load_json
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 SPLIT_FILE = "ddlight_split.json"
+
+
+def _is_split_record(stored: Any) -> bool:
+    """Whether ``stored`` has the layout :meth:`AudioFolder.file_lists` writes to :data:`SPLIT_FILE`."""
+    if not isinstance(stored, dict) or not {"classes", "settings", "splits"} <= set(stored):
+        return False
+    splits = stored["splits"]
+    return isinstance(splits, dict) and set(splits) == set(SPLITS) and all(isinstance(v, list) for v in splits.values())
 
 
 class AudioFolder(FileAudioDataModule):
@@ -134,9 +142,14 @@ class AudioFolder(FileAudioDataModule):
         """The split read from :attr:`split_file`, checked against the current class folders.
 
         Raises:
-            ValueError: The class folders changed since the split was drawn.
+            ValueError: The file is not a split record, or the class folders changed since it was drawn.
         """
-        stored = json.loads(self.split_file.read_text())
+        stored = load_json(self.split_file)
+        if not _is_split_record(stored):
+            raise ValueError(
+                f"{self.split_file} is not a ddlight split record (expected the keys classes, settings and splits, "
+                f"the latter with {list(SPLITS)}); delete it to draw a new split"
+            )
         if stored["classes"] != self.classes:
             raise ValueError(
                 f"{self.split_file} was drawn for the classes {stored['classes']}, but {self.root} now holds "

@@ -5,9 +5,13 @@ A :class:`FileAudioDataModule` subclass only says *which* files make up each spl
 (:meth:`~FileAudioDataModule._check_root`). This module does the rest: every file is decoded once (a
 thread pool, a progress bar), resampled and cut to the clip length, and each split is stored as one
 float32 ``.npy`` array in a cache folder, keyed by a hash of the file list (paths, sizes, modification
-times, labels), the sample rate and the clip length. Later runs memory-map that array and decode
-nothing; change any key part and the split is rebuilt. Cache files are written to a temporary name and
-renamed into place, so an error never leaves a half-written cache behind.
+times, labels), the sample rate and the clip length, next to a ``.labels.npy`` array and a ``.json``
+record (row count, clip length, files skipped as undecodable). Later runs memory-map that array and
+decode nothing; change any key part and the split is rebuilt. Cache files are written to a temporary
+name and renamed into place (the record last), so an error never leaves a half-written cache behind; a
+cache file damaged later (truncated, another shape) is reported and rebuilt. A cache built under
+``skip_bad_files`` is reused only under ``skip_bad_files`` (warning again about every skipped file);
+without it the split is decoded again, which names the bad files.
 
 Shared helpers for the dataset modules live here too: :func:`read_csv` (metadata with required
 columns) and :func:`fold_splits` / :func:`check_disjoint` (predefined folds, never reshuffled).
@@ -34,7 +38,7 @@ from ddlight.data.audio_io import AudioDecodeError, load_audio
 from ddlight.data.base import SPLITS, AudioDataModule, WaveformSet
 from ddlight.data.download import DownloadInfo, download_and_extract
 from ddlight.features import FeatureConfig
-from ddlight.io import atomic_path
+from ddlight.io import atomic_path, load_json, save_json
 
 #: ``(path, label)`` pairs of one split.
 FileList = list[tuple[Path, int]]
@@ -46,17 +50,22 @@ _DECODE_THREADS = min(8, os.cpu_count() or 1)
 def read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     """Rows of a metadata CSV, after checking that it exists and has the required columns.
 
+    A UTF-8 byte-order mark (as spreadsheet programs write it) is read as such, not as part of the first
+    column's name.
+
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: A required column is missing.
     """
     if not path.is_file():
         raise FileNotFoundError(f"metadata file {path} not found")
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path} lacks the columns {missing}; expected at least {list(columns)}")
+            raise ValueError(
+                f"{path} lacks the columns {missing}; expected at least {list(columns)}: download the metadata again"
+            )
         return list(reader)
 
 
@@ -69,7 +78,9 @@ def check_disjoint(groups: dict[str, set[Any]], what: str = "folds") -> None:
     for (a, members_a), (b, members_b) in combinations(groups.items(), 2):
         shared = members_a & members_b
         if shared:
-            raise ValueError(f"{what} {sorted(shared)[:10]} are in both {a} and {b}; splits must not overlap")
+            raise ValueError(
+                f"{what} {sorted(shared)[:10]} are in both {a} and {b}; splits must not overlap: remove them from one"
+            )
 
 
 def fold_splits(folds: Iterable[int], test_fold: int, val_fold: int) -> dict[str, set[int]]:
@@ -83,10 +94,35 @@ def fold_splits(folds: Iterable[int], test_fold: int, val_fold: int) -> dict[str
         if fold not in folds:
             raise ValueError(f"{arg}={fold} is not a fold of this dataset; choose from {sorted(folds)}")
     if test_fold == val_fold:
-        raise ValueError(f"val_fold and test_fold must differ, both are {test_fold}")
+        raise ValueError(f"val_fold and test_fold must differ, both are {test_fold}; choose another val_fold")
     splits = {"train": folds - {test_fold, val_fold}, "val": {val_fold}, "test": {test_fold}}
     check_disjoint(splits)
     return splits
+
+
+def csv_int(metadata: Path, line: int, column: str, value: str | None) -> int:
+    """The ``column`` entry ``value`` on ``line`` of ``metadata``, as an integer.
+
+    Raises:
+        ValueError: Naming the file, line, column and value.
+    """
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{metadata}, line {line}: {column} is {value!r}, not an integer; fix that line or download the "
+            "metadata again"
+        ) from None
+
+
+def _check_listed_once(metadata: Path, line: int, name: str, first_line: dict[str, int]) -> None:
+    """Record that ``name`` is on ``line``; raise if an earlier line listed it already."""
+    if name in first_line:
+        raise ValueError(
+            f"{metadata}, line {line}: {name} is listed again (first on line {first_line[name]}); remove the "
+            "duplicate line: each clip belongs to exactly one fold and is used once"
+        )
+    first_line[name] = line
 
 
 def folded_rows(
@@ -101,18 +137,47 @@ def folded_rows(
         folds: Split name → folds, as returned by :func:`fold_splits`.
 
     Raises:
-        ValueError: A row has a fold outside ``folds`` or a label that does not name its class.
+        ValueError: A row lists a file an earlier row listed, has a fold or label that is not an integer,
+            a fold outside ``folds`` or a label that does not name its class (naming the file and line).
     """
     file_col, fold_col, label_col, class_col = columns
     split_of = {fold: split for split, members in folds.items() for fold in members}
-    for row in read_csv(metadata, columns):
-        fold, label = int(row[fold_col]), int(row[label_col])
+    first_line: dict[str, int] = {}
+    for line, row in enumerate(read_csv(metadata, columns), start=2):
+        _check_listed_once(metadata, line, row[file_col], first_line)
+        fold, label = (csv_int(metadata, line, column, row[column]) for column in (fold_col, label_col))
         if fold not in split_of or not 0 <= label < len(classes) or classes[label] != row[class_col]:
             raise ValueError(
-                f"{metadata}: unexpected row {row[file_col]} (fold {fold}, label {label}, class "
-                f"{row[class_col]!r}); expected folds {sorted(split_of)} and classes {list(enumerate(classes))}"
+                f"{metadata}, line {line}: unexpected row {row[file_col]} (fold {fold}, label {label}, class "
+                f"{row[class_col]!r}); expected folds {sorted(split_of)} and classes {list(enumerate(classes))}: "
+                "fix that line or download the metadata again"
             )
         yield row, split_of[fold], label
+
+
+def _labels_path(waves_path: Path) -> Path:
+    """The labels array of the cached split whose waveforms are at ``waves_path``."""
+    return waves_path.with_suffix(".labels.npy")
+
+
+def _record_path(waves_path: Path) -> Path:
+    """The record (rows, clip length, skipped files) of the cached split at ``waves_path``; written last."""
+    return waves_path.with_suffix(".json")
+
+
+def _load_npy(path: Path, shape: tuple, dtype: type, mmap: bool) -> np.ndarray:
+    """A cached ``.npy`` array, checked to have ``shape`` and ``dtype``.
+
+    Raises:
+        ValueError: The file is missing, truncated, damaged or holds another array (naming it).
+    """
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path} is unreadable ({err})") from err
+    if array.shape != shape or array.dtype != dtype:
+        raise ValueError(f"{path} holds {array.dtype} {array.shape}, expected {np.dtype(dtype)} {shape}")
+    return array
 
 
 def _truncate_npy(path: Path, rows: int) -> None:
@@ -215,7 +280,18 @@ class FileAudioDataModule(AudioDataModule):
             self._check_root()
             lists = self.file_lists()
             self._file_lists = {split: sorted(lists.get(split, [])) for split in SPLITS}
+            self._check_not_empty(self._file_lists)
         return self._file_lists
+
+    def _check_not_empty(self, lists: dict[str, FileList]) -> None:
+        """Raise if a split lists no file (a split rule that matched nothing must not pass silently)."""
+        empty = [split for split in SPLITS if not lists[split]]
+        if empty:
+            raise ValueError(
+                f"no file of {self.root} falls into the {' and '.join(empty)} split; check the dataset's "
+                f"metadata and split lists against the layout {type(self).__name__} expects (see its docs), or "
+                "download the dataset again"
+            )
 
     def load_splits(self) -> dict[str, WaveformSet]:
         return {split: self._load_split(split, files) for split, files in self._lists().items()}
@@ -256,16 +332,54 @@ class FileAudioDataModule(AudioDataModule):
         return self.cache_dir / f"{self.name}_{split}_{digest}.npy"
 
     def _load_split(self, split: str, files: FileList) -> WaveformSet:
-        """One split from the cache, decoding and caching it first if needed."""
+        """One split from the cache, decoding and caching it first if needed (or if the cache is unusable)."""
         files, entries = self._existing(files)
         waves_path = self._cache_path(split, entries)
-        labels_path = waves_path.with_suffix(".labels.npy")
-        if not (waves_path.is_file() and labels_path.is_file()):
-            self._build_cache(split, files, waves_path, labels_path)
-        return WaveformSet(np.load(waves_path, mmap_mode="r"), np.load(labels_path))
+        cached = self._reused_cache(split, waves_path)
+        if cached is not None:
+            return cached
+        self._build_cache(split, files, waves_path)
+        return self._open_cache(waves_path)[0]
 
-    def _decoded(self, split: str, files: FileList) -> Iterator[tuple[np.ndarray, int]]:
-        """Decoded ``(waveform, label)`` pairs in order, skipping (and warning about) bad files if asked."""
+    def _reused_cache(self, split: str, waves_path: Path) -> WaveformSet | None:
+        """The cached split, or ``None`` when it must be decoded (again).
+
+        ``None`` when there is no complete cache, when a cache file is damaged (with a warning naming it),
+        or when the cache lacks files skipped as undecodable and ``skip_bad_files`` is now off. Reused
+        under ``skip_bad_files``, a cache warns again about every file it skipped.
+        """
+        if not _record_path(waves_path).is_file():
+            return None
+        try:
+            data, skipped = self._open_cache(waves_path)
+        except ValueError as err:
+            warnings.warn(f"the cache of the {split} split is damaged: {err}; decoding the split again", stacklevel=4)
+            return None
+        if skipped and not self.skip_bad_files:
+            return None
+        for path, reason in skipped:
+            warnings.warn(f"skipping {path}: {reason} (as when the cache was built)", stacklevel=4)
+        return data
+
+    def _open_cache(self, waves_path: Path) -> tuple[WaveformSet, list[list[str]]]:
+        """The split and its skipped ``[path, reason]`` pairs, from a cache written by :meth:`_build_cache`.
+
+        Raises:
+            ValueError: A cache file is missing, truncated, damaged or of another shape (naming it).
+        """
+        record = load_json(_record_path(waves_path))
+        if not isinstance(record, dict):
+            raise ValueError(f"{_record_path(waves_path)} is not a cache record")
+        rows = (record.get("rows"),)
+        waves = _load_npy(waves_path, (*rows, self.num_samples), np.float32, mmap=True)
+        labels = _load_npy(_labels_path(waves_path), rows, np.int64, mmap=False)
+        return WaveformSet(waves, labels), list(record.get("skipped", []))
+
+    def _decoded(self, split: str, files: FileList, skipped: list[list[str]]) -> Iterator[tuple[np.ndarray, int]]:
+        """Decoded ``(waveform, label)`` pairs in order.
+
+        Under ``skip_bad_files`` an undecodable file is skipped with a warning and added to ``skipped``.
+        """
 
         def decode(path: Path) -> np.ndarray | AudioDecodeError:
             try:
@@ -282,21 +396,27 @@ class FileAudioDataModule(AudioDataModule):
             for (path, label), result in zip(files, bar):
                 if isinstance(result, AudioDecodeError):
                     warnings.warn(f"skipping {path}: {result.reason}", stacklevel=2)
+                    skipped.append([str(path), result.reason])
                     continue
                 yield result, label
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _build_cache(self, split: str, files: FileList, waves_path: Path, labels_path: Path) -> None:
-        """Decode ``files`` (then append generated clips) into ``waves_path``/``labels_path``, atomically."""
+    def _build_cache(self, split: str, files: FileList, waves_path: Path) -> None:
+        """Decode ``files`` (then append generated clips) into the cache at ``waves_path``, atomically.
+
+        An older cache of the same key stays intact until decoding has succeeded. The record is written
+        last, so a cache without one is incomplete and never reused.
+        """
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         extra = self.generated_clips(split, np.array([label for _, label in files], dtype=np.int64))
         num_extra = 0 if extra is None else len(extra)
         rows = len(files) + num_extra
         labels: list[int] = []
+        skipped: list[list[str]] = []
         with atomic_path(waves_path) as tmp:
             waves = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, self.num_samples))
-            for wave, label in self._decoded(split, files):
+            for wave, label in self._decoded(split, files, skipped):
                 waves[len(labels)] = wave
                 labels.append(label)
             if extra is not None:
@@ -306,8 +426,10 @@ class FileAudioDataModule(AudioDataModule):
             del waves
             if len(labels) < rows:
                 _truncate_npy(tmp, len(labels))
-            with atomic_path(labels_path) as tmp_labels, tmp_labels.open("wb") as f:
+            _record_path(waves_path).unlink(missing_ok=True)  # decoded: an older cache of this key is replaced
+            with atomic_path(_labels_path(waves_path)) as tmp_labels, tmp_labels.open("wb") as f:
                 np.save(f, np.asarray(labels, dtype=np.int64))
+        save_json(_record_path(waves_path), {"rows": len(labels), "num_samples": self.num_samples, "skipped": skipped})
 
     # ---------------------------------------------------------------------------------- identity
     def fingerprint(self) -> str:

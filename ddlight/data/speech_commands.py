@@ -10,8 +10,11 @@ On-disk layout (the official archive unpacked into ``root``)::
       no/...                       # 35 word folders in all
 
 Split rules (official, by speaker hash): files listed in ``testing_list.txt`` are ``test``, those in
-``validation_list.txt`` are ``val``, every other file is ``train``. Classes: the ten keywords ``yes no
-up down left right on off stop go`` (default) or all 35 words (``all_words``); optionally
+``validation_list.txt`` are ``val``, every other file is ``train``. List entries are paths relative to
+``root``; a ``./`` prefix or Windows separators are normalised away, and an entry that names no file is
+an error (a warning under ``skip_bad_files``), so a list that matches nothing never trains on everything.
+Classes: the ten keywords ``yes no up down left right on off stop go`` (default) or all 35 words
+(``all_words``); optionally
 ``_unknown_`` (a seeded subset of the other words, as many per split as the average keyword class)
 and ``_silence_`` (seeded one-second crops of the background noise at a random gain, a tenth of the
 average class count per split).
@@ -24,7 +27,8 @@ arXiv:1804.03209, 2018.
 
 from __future__ import annotations
 
-from pathlib import Path
+import warnings
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -53,7 +57,9 @@ NOISE_DIR = "_background_noise_"
 
 
 def _read_list(path: Path) -> set[str]:
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    """Entries of a split list as ``<word>/<file>.wav``: ``./`` prefixes and ``\\`` separators normalised."""
+    lines = (line.strip().replace("\\", "/") for line in path.read_text(encoding="utf-8-sig").splitlines())
+    return {PurePosixPath(line).as_posix() for line in lines if line}
 
 
 class SpeechCommands(FileAudioDataModule):
@@ -71,7 +77,8 @@ class SpeechCommands(FileAudioDataModule):
         num_workers: DataLoader worker processes.
         seed: Seed of the ``_unknown_`` subset and the ``_silence_`` crops.
         cache_dir: Folder of the decoded-split cache (default ``<root>/.ddlight_cache``).
-        skip_bad_files: Skip undecodable files with a warning instead of failing.
+        skip_bad_files: Skip undecodable files, and ignore split-list entries that name no file, with a
+            warning instead of failing.
         download: Download the archive (2.3 GB) into ``root`` in ``prepare_data()`` if missing.
     """
 
@@ -118,9 +125,9 @@ class SpeechCommands(FileAudioDataModule):
             )
 
     def file_lists(self) -> dict[str, FileList]:
-        test = _read_list(self.root / "testing_list.txt")
-        val = _read_list(self.root / "validation_list.txt")
-        check_disjoint({"val": val, "test": test}, what="files")
+        test = self._split_list("testing_list.txt")
+        val = self._split_list("validation_list.txt")
+        check_disjoint({"validation_list.txt": val, "testing_list.txt": test}, what="files")
         index = {word: label for label, word in enumerate(self.words)}
         lists: dict[str, FileList] = {split: [] for split in SPLITS}
         others: dict[str, list[Path]] = {split: [] for split in SPLITS}
@@ -138,6 +145,27 @@ class SpeechCommands(FileAudioDataModule):
             for i, split in enumerate(SPLITS):
                 lists[split] += self._unknown_subset(others[split], len(lists[split]), i)
         return lists
+
+    def _split_list(self, name: str) -> set[str]:
+        """The entries of the split list ``name``, each checked to name a file under ``root``.
+
+        Raises:
+            ValueError: Entries name no file (a warning instead under ``skip_bad_files``).
+        """
+        path = self.root / name
+        entries = _read_list(path)
+        unmatched = sorted(entry for entry in entries if not (self.root / entry).is_file())
+        if unmatched:
+            message = (
+                f"{path}: {len(unmatched)} of {len(entries)} entries name no file under {self.root} (e.g. "
+                f"{unmatched[0]!r}); each line must be <word>/<file>.wav relative to root, as in the official archive"
+            )
+            if not self.skip_bad_files:
+                raise ValueError(
+                    f"{message}: fix the list or restore the files, or pass skip_bad_files=True to ignore them"
+                )
+            warnings.warn(f"{message}; ignoring them", stacklevel=3)
+        return entries
 
     def _unknown_subset(self, candidates: list[Path], num_word_files: int, stream: int) -> FileList:
         """A seeded subset of other words, as large as the average keyword class of the split."""

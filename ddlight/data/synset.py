@@ -27,7 +27,7 @@ from ddlight.data.base import AudioDataModule
 
 # The distilled-set format is written by the distillers; reading it here is the one place data/ looks
 # at distillers/ (format only, no method code).
-from ddlight.io import Synset, load_synset
+from ddlight.io import MANIFEST, Synset, load_synset
 
 
 class SynsetDataModule(L.LightningDataModule):
@@ -42,7 +42,8 @@ class SynsetDataModule(L.LightningDataModule):
 
     Raises:
         FileNotFoundError: If ``path`` holds no distilled set.
-        ValueError: If ``real`` has another feature configuration, shape or class list.
+        ValueError: If the set is damaged or inconsistent, its manifest records no classes, or ``real``
+            has another feature configuration, shape or class list.
     """
 
     def __init__(
@@ -54,11 +55,26 @@ class SynsetDataModule(L.LightningDataModule):
         self.real = real
         self.batch_size = batch_size
         self.soft_labels = soft_labels
-        manifest = self.synset.manifest
-        self.name = str(manifest.get("dataset", "synset"))
-        self.classes = list(manifest.get("classes") or range(int(manifest["num_classes"])))
+        self.name = str(self.synset.manifest.get("dataset", "synset"))
+        self.classes = self._manifest_classes()
         if real is not None:
             self._check_compatible(real)
+
+    def _manifest_classes(self) -> list:
+        """The class names the manifest records (or ``0..num_classes-1``).
+
+        Raises:
+            ValueError: The manifest records neither ``classes`` nor ``num_classes``.
+        """
+        manifest = self.synset.manifest
+        if manifest.get("classes") is not None:
+            return list(manifest["classes"])
+        if manifest.get("num_classes") is not None:
+            return list(range(int(manifest["num_classes"])))
+        raise ValueError(
+            f"{self.path / MANIFEST} records neither classes nor num_classes, so the set's labels cannot be matched "
+            "to the real data; add \"classes\": [...] in the real DataModule's order, or distil the set again"
+        )
 
     @property
     def num_classes(self) -> int:

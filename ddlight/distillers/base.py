@@ -10,6 +10,9 @@ directory (format: :class:`ddlight.io.Synset`) — a real artefact that
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +24,48 @@ from torch import Tensor, nn
 from ddlight.evaluation.protocol import soft_cross_entropy
 from ddlight.io import Synset, load_synset, save_synset
 
-__all__ = ["Distiller", "Synset", "load_synset", "save_synset", "soft_cross_entropy"]
+__all__ = ["Distiller", "Synset", "derive_seed", "load_synset", "save_synset", "soft_cross_entropy"]
+
+
+def derive_seed(*parts: object) -> int:
+    """A 32-bit seed hashed from ``parts`` (e.g. a purpose, the run seed, the step and the rank).
+
+    Distinct parts give unrelated seeds, and 32 bits are all torch's CPU generator uses of a seed, so
+    draws differ between purposes, steps and ranks on the CPU as on the GPU. A draw seeded from the
+    step repeats exactly when a run resumes from a checkpoint, with no generator state to save.
+    """
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=4).digest(), "little")
+
+
+#: Copies of the synthetic set a distiller holds at the least: the set, its gradient, its optimiser state.
+_SET_COPIES = 3
+
+
+def _physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (``None`` where the operating system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_set_size(in_shape: tuple[int, ...], num_classes: int, ipc: int) -> None:
+    """Refuse, before anything is allocated, a synthetic set too large for this machine's memory.
+
+    Raises:
+        ValueError: Naming ``ipc``, the size it asks for and what to do.
+    """
+    samples = num_classes * ipc
+    needed = samples * math.prod(in_shape) * 4 * _SET_COPIES
+    memory = _physical_memory()
+    if memory is not None and needed > memory:
+        raise ValueError(
+            f"ipc={ipc} asks for {samples:,} synthetic samples of shape {tuple(in_shape)} ({num_classes} classes): "
+            f"{needed / 2**30:,.1f} GiB with the set's gradient and optimiser state, more than this machine's "
+            f"{memory / 2**30:,.1f} GiB of memory; distilled sets hold a few samples per class (1 to 50 in the "
+            "papers): lower ipc"
+        )
+
 
 class Distiller(L.LightningModule):
     """Base class of dataset distillers: the synthetic set as parameters, its labels and its export.
@@ -47,6 +91,7 @@ class Distiller(L.LightningModule):
         super().__init__()
         if ipc < 1:
             raise ValueError(f"ipc must be >= 1, got {ipc}")
+        _check_set_size(tuple(in_shape), num_classes, ipc)
         self.automatic_optimization = False
         self.in_shape = tuple(in_shape)
         self.num_classes = num_classes
@@ -77,7 +122,10 @@ class Distiller(L.LightningModule):
         for c in range(self.num_classes):
             idx = (labels == c).nonzero().flatten()
             if len(idx) < self.ipc:
-                raise ValueError(f"class {c} has {len(idx)} training samples, fewer than ipc={self.ipc}")
+                raise ValueError(
+                    f"class {c} has {len(idx)} training samples, fewer than ipc={self.ipc}; lower ipc to at most "
+                    f"{len(idx)}, or initialise from noise (init: noise)"
+                )
             chosen.append(idx[torch.randperm(len(idx), generator=generator)[: self.ipc].to(idx.device)])
         self.synthetic.copy_(features[torch.cat(chosen)].to(self.synthetic.device))
 
@@ -120,10 +168,23 @@ class Distiller(L.LightningModule):
         }
         return Synset(features, targets, dm.features.mean, dm.features.std, manifest)
 
-    def export(self, directory: str | Path | None = None) -> Path:
-        """Write the distilled set (default: ``<run dir>/distilled``) and return the folder."""
+    def export(self, directory: str | Path | None = None, partial: bool = False) -> Path:
+        """Write the distilled set (default: ``<run dir>/distilled``) and return the folder.
+
+        Args:
+            directory: Target folder.
+            partial: Mark the set as the state of an interrupted run (``"partial": true`` in the manifest).
+        """
         directory = Path(directory or Path(self.trainer.log_dir or ".") / "distilled")
-        return save_synset(directory, self.to_synset())
+        synset = self.to_synset()
+        synset.manifest["partial"] = partial
+        return save_synset(directory, synset)
+
+    def on_interrupt(self) -> None:
+        """Export the current set marked partial (called by :class:`~ddlight.callbacks.SaveOnInterrupt`)."""
+        if self.trainer.is_global_zero and bool(self.initialized):
+            path = self.export(partial=True)
+            print(f"interrupted at step {self.global_step}: partial distilled set written to {path}")
 
     def on_train_end(self) -> None:
         directory = Path(self.trainer.log_dir or ".") / "distilled"  # on every rank: log_dir broadcasts under DDP

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ddlight.augment import SpecAugment
-from ddlight.distillers.base import Distiller, Synset, soft_cross_entropy
+from ddlight.distillers.base import Distiller, Synset, derive_seed, soft_cross_entropy
 from ddlight.io import load_trajectories
 from ddlight.networks import build_network
 
@@ -101,6 +101,9 @@ class MTT(Distiller):
             augmentation the student sees).
         unroll: ``full`` (keep the whole unroll's graph) or ``checkpointed`` (bounded memory, see above).
         segment: Student steps per recomputed segment of the checkpointed unroll.
+        seed: Seed of the per-step draws (expert, start epoch, minibatches, augmentation); None uses the
+            run's seed (``seed_everything``). Each step's draws are derived from the seed, the step and
+            the rank, so a resumed run repeats the uninterrupted run's draws exactly.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class MTT(Distiller):
         allow_augment_mismatch: bool = False,
         unroll: Literal["full", "checkpointed"] = "full",
         segment: int = 4,
+        seed: int | None = None,
     ) -> None:
         super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale)
         if syn_steps < 1 or expert_epochs < 1 or max_start_epoch < 1 or segment < 1:
@@ -146,7 +150,8 @@ class MTT(Distiller):
         self.register_buffer("synthetic_ema", torch.zeros_like(self.synthetic) if ema_decay else None)
         self.experts: list[dict[str, Tensor]] = []
         self.student: nn.Module | None = None
-        self.generator = torch.Generator()
+        self.generator = torch.Generator()  # reseeded every step from (seed, step, rank, retries)
+        self.seed = seed
         self.augment_generator = torch.Generator()  # reseeded per student step; moved to the device in on_fit_start
         self.bad_steps = 0
         self.max_start = max_start_epoch  # clipped to what the experts recorded in setup()
@@ -325,12 +330,14 @@ class MTT(Distiller):
 
     # ------------------------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
-        """Initialise the set (base), its average, and a per-rank sampling generator."""
+        """Initialise the set (base) and its average (a resumed run keeps both), and the run's seed."""
+        fresh = not bool(self.initialized)
         super().on_fit_start()
         self.student.to(self.device)
         self.augment_generator = torch.Generator(self.device)
-        self.generator.manual_seed(torch.initial_seed() % 2**62 + 7919 * self.global_rank + self.global_step)
-        if self.synthetic_ema is not None and self.global_step == 0:
+        if self.seed is None:
+            self.seed = torch.initial_seed() % 2**63
+        if self.synthetic_ema is not None and fresh:
             self.synthetic_ema.copy_(self.synthetic.detach())
 
     def trained_tensors(self) -> list[Tensor]:
@@ -353,6 +360,7 @@ class MTT(Distiller):
         optimizers = self.optimizers()
         for opt in optimizers:
             opt.zero_grad(set_to_none=False)
+        self.generator.manual_seed(derive_seed("mtt", self.seed, self.global_step, self.global_rank, self.bad_steps))
         loss, start = self.matching_backward()  # also when non-finite: every rank joins the all-reduce
         loss = self.average_gradients(loss)
         grads = [t.grad for t in self.trained_tensors()]

@@ -20,7 +20,6 @@ normalised training split held on the device, independently of the DataModule's 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
@@ -30,22 +29,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddlight.distillers.base import Distiller
+from ddlight.distillers.base import Distiller, derive_seed
 from ddlight.networks.layers import conv_pool_stack
 
 #: Weight variance (times ``1/D``) of the random readout layer: the factor of the original's ``2 * K``.
 _READOUT_GAIN = 2.0
 #: Real examples mapped to features at once (the original's real minibatch), which bounds the memory.
 _REAL_CHUNK = 1280
-
-
-def derive_seed(*parts: object) -> int:
-    """A 32-bit seed hashed from ``parts`` (e.g. a purpose, the run seed, the step and the rank).
-
-    Distinct parts give unrelated seeds, and 32 bits are all torch's CPU generator uses of a seed, so
-    draws differ between purposes, steps and ranks on the CPU as on the GPU.
-    """
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=4).digest(), "little")
 
 
 def sample_random_convnets(

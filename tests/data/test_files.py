@@ -34,7 +34,7 @@ def _cache_files(root: Path) -> list[str]:
 def test_second_setup_reads_the_cache_and_decodes_nothing(folder_root: Path, small, monkeypatch) -> None:
     first = AudioFolder(str(folder_root), **small)
     first.setup("fit")
-    assert len(_cache_files(folder_root)) == 6  # waves + labels for three splits
+    assert len(_cache_files(folder_root)) == 9  # waves + labels + record for three splits
     expected = {s: (np.array(d.waves), np.array(d.labels)) for s, d in first.splits.items()}
 
     def refuse(*args):

@@ -1,0 +1,125 @@
+"""Runs that survive: a real ``ddlight fit`` killed mid-run resumes exactly; SIGTERM/SIGINT save and exit non-zero."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddlight.io import load_synset
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = {"train_per_class": 2, "val_per_class": 1, "test_per_class": 1, "duration": 0.25}
+
+#: A callback the subprocess imports: at a given step it sends its own process a signal.
+SIGNALLER = '''
+import os
+import signal
+
+from lightning.pytorch.callbacks import Callback
+
+
+class SignalAt(Callback):
+    def __init__(self, step: int, signal_name: str) -> None:
+        self.step, self.signal = step, getattr(signal, signal_name)
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signal)
+'''
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny ConvNet experts (width 8, 3 epochs) recorded by ``configs/expert_synthetic.yaml`` on :data:`DATA`."""
+    workdir = tmp_path_factory.mktemp("experts")
+    args = ["fit", "--config", str(REPO / "configs/expert_synthetic.yaml"), *_data_args(), "--trainer.max_epochs=3",
+            "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--model.init_args.num_models=2",
+            "--model.init_args.network_options.width=8", "--test_after_fit=false"]
+    done = subprocess.run([sys.executable, "-m", "ddlight", *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir / "experts/synthetic"
+
+
+def _data_args() -> list[str]:
+    return [f"--data.init_args.{key}={value}" for key, value in DATA.items()]
+
+
+def _fit(workdir: Path, experts: Path, version: int, *extra: str) -> subprocess.CompletedProcess:
+    """``ddlight fit --config configs/mtt_synthetic.yaml`` at tiny size in a subprocess (run folder version_N)."""
+    (workdir / "signaller.py").write_text(SIGNALLER)
+    args = [
+        "fit", "--config", str(REPO / "configs/mtt_synthetic.yaml"),
+        *_data_args(),
+        "--trainer.max_steps=6", "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]",
+        f"--trainer.logger.init_args.version={version}", f"--model.init_args.expert_dir={experts}",
+        "--model.init_args.ipc=2", "--model.init_args.syn_steps=3", "--model.init_args.max_start_epoch=2",
+        "--model.init_args.expert_epochs=1", "--model.init_args.batch_syn=5", "--model.init_args.ema_decay=0.9",
+        "--model.init_args.learn_labels=true", "--model.init_args.unroll=checkpointed",
+        "--model.init_args.segment=2", *extra,
+    ]
+    env = os.environ | {"PYTHONPATH": str(workdir), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "ddlight", *args], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _signal_at(step: int, name: str) -> str:
+    return "--trainer.callbacks+=" + json.dumps({"class_path": "signaller.SignalAt",
+                                                 "init_args": {"step": step, "signal_name": name}})
+
+
+def _run_dir(workdir: Path, version: int) -> Path:
+    return workdir / "runs/mtt_synthetic/lightning_logs" / f"version_{version}"
+
+
+@pytest.mark.timeout(600)
+def test_mtt_killed_mid_run_resumes_exactly(experts: Path, tmp_path: Path) -> None:
+    reference = _fit(tmp_path, experts, 0)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killed = _fit(tmp_path, experts, 1, _signal_at(3, "SIGKILL"))
+    assert killed.returncode == -9  # SIGKILL: no handler ran, only the checkpoints written so far remain
+    assert (_run_dir(tmp_path, 1) / "checkpoints/last.ckpt").is_file()
+    assert not (_run_dir(tmp_path, 1) / "distilled").exists()
+
+    resumed = _fit(tmp_path, experts, 1, "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restoring states from the checkpoint path" in resumed.stderr + resumed.stdout
+
+    final = {v: torch.load(_run_dir(tmp_path, v) / "checkpoints/last.ckpt", weights_only=True) for v in (0, 1)}
+    assert final[0]["global_step"] == final[1]["global_step"] == 6
+    state, other = final[0]["state_dict"], final[1]["state_dict"]
+    assert {"synthetic", "syn_lr", "label_logits", "synthetic_ema"} <= set(state)
+    for key in state:  # set, step size, soft labels, EMA: bitwise equal on CPU
+        assert torch.equal(state[key], other[key]), key
+    for opt, opt_other in zip(final[0]["optimizer_states"], final[1]["optimizer_states"]):  # momentum buffers too
+        for slot, slot_other in zip(opt["state"].values(), opt_other["state"].values()):
+            assert torch.equal(slot["momentum_buffer"], slot_other["momentum_buffer"])
+    exported = [load_file(_run_dir(tmp_path, v) / "distilled/synset.safetensors") for v in (0, 1)]
+    assert exported[0].keys() == exported[1].keys()
+    for key in exported[0]:
+        assert torch.equal(exported[0][key], exported[1][key]), key
+    manifests = [load_synset(_run_dir(tmp_path, v) / "distilled").manifest for v in (0, 1)]
+    assert manifests[0]["syn_lr"] == manifests[1]["syn_lr"] and manifests[1]["partial"] is False
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("name", "status"), [("SIGTERM", 143), ("SIGINT", 1)])
+def test_signals_save_a_checkpoint_and_a_partial_set_and_exit_non_zero(
+    experts: Path, tmp_path: Path, name: str, status: int
+) -> None:
+    stopped = _fit(tmp_path, experts, 0, "--trainer.max_steps=1000", _signal_at(3, name))
+    assert stopped.returncode == status, stopped.stderr[-3000:]
+    run = _run_dir(tmp_path, 0)
+    checkpoint = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert 3 <= checkpoint["global_step"] <= 4
+    synset = load_synset(run / "distilled")
+    assert synset.manifest["partial"] is True and synset.manifest["step"] == checkpoint["global_step"]
+    assert torch.equal(synset.features, checkpoint["state_dict"]["synthetic_ema"])
