@@ -18,11 +18,12 @@ from types import TracebackType
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ddlight.callbacks import SaveOnInterrupt
+from ddlight.callbacks import SaveOnInterrupt, StepProgressBar
+from ddlight.distillers import Distiller
 
 
 class DDLightCLI(LightningCLI):
@@ -54,13 +55,19 @@ class DDLightCLI(LightningCLI):
         updates) and on SIGTERM/SIGINT
         (:class:`~ddlight.callbacks.SaveOnInterrupt`), into ``<run dir>/checkpoints``. Resume with
         ``--ckpt_path last`` and the logger's version of that run
-        (``--trainer.logger.init_args.version N`` for the CSV and TensorBoard loggers).
+        (``--trainer.logger.init_args.version N`` for the CSV and TensorBoard loggers). A distiller's
+        progress bar counts updates out of ``max_steps`` (:class:`~ddlight.callbacks.StepProgressBar`).
         """
         trainer_config = self._get(self.config_init, "trainer", default={}) or {}
         configured = trainer_config.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
+        added: list[Callback] = []
         if trainer_config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in configured):
-            kwargs["callbacks"] = [*configured, ModelCheckpoint(save_last=True)]
+            added.append(ModelCheckpoint(save_last=True))
+        if isinstance(self.model, Distiller) and trainer_config.get("enable_progress_bar") is not False:
+            added.append(StepProgressBar())  # distillers count updates, not batches of their clock loader
+        if added:
+            kwargs["callbacks"] = [*configured, *added]
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:

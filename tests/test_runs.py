@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,9 +102,11 @@ def test_killed_mid_run_resumes_exactly(experts: Path, tmp_path: Path, method: s
     assert (_run_dir(tmp_path, 1, method) / "checkpoints/last.ckpt").is_file()
     assert not (_run_dir(tmp_path, 1, method) / "distilled").exists()
 
-    resumed = _fit(tmp_path, experts, 1, "--ckpt_path=last", method=method)
+    resumed = _fit(tmp_path, experts, 1, "--ckpt_path=last", "--trainer.enable_progress_bar=true", method=method)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint path" in resumed.stderr + resumed.stdout
+    assert re.search(r"Steps: 100%.* 6/6 ", resumed.stdout)  # one bar over the updates, resumed at step 3
+    assert "Epoch 0" not in resumed.stdout
 
     final = {v: torch.load(_run_dir(tmp_path, v, method) / "checkpoints/last.ckpt", weights_only=True) for v in (0, 1)}
     assert final[0]["global_step"] == final[1]["global_step"] == 6
