@@ -22,8 +22,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ddlight import active_learning, data, tasks  # noqa: F401  (see below)
 from ddlight.callbacks import SaveOnInterrupt, StepProgressBar
 from ddlight.distillers import Distiller
+
+# Every ddlight LightningModule and DataModule is imported above, so jsonargparse lists them in
+# `ddlight fit --help` and resolves their short names: `--model MTT`, `--model.help RFAD`, `--data ESC50`.
 
 
 class DDLightCLI(LightningCLI):

@@ -8,6 +8,8 @@ from ddlight.data.download import DownloadError, DownloadInfo, download_and_extr
 from ddlight.data.esc50 import ESC50
 from ddlight.data.files import FileAudioDataModule
 from ddlight.data.speech_commands import SpeechCommands
+from ddlight.data.synset import SynsetDataModule
+from ddlight.data.synthetic import SyntheticSounds
 from ddlight.data.urbansound8k import UrbanSound8K
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "DownloadInfo",
     "FileAudioDataModule",
     "SpeechCommands",
+    "SynsetDataModule",
+    "SyntheticSounds",
     "UrbanSound8K",
     "WaveformDataset",
     "WaveformSet",
