@@ -17,17 +17,38 @@ import sys
 from types import TracebackType
 from typing import Any
 
+import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ddlight import active_learning, data, tasks  # noqa: F401  (see below)
 from ddlight.callbacks import SaveOnInterrupt, StepProgressBar
 from ddlight.distillers import Distiller
+from ddlight.runs import run_dir
 
 # Every ddlight LightningModule and DataModule is imported above, so jsonargparse lists them in
 # `ddlight fit --help` and resolves their short names: `--model MTT`, `--model.help RFAD`, `--data ESC50`.
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """``config.yaml`` in the run's own folder (:func:`~ddlight.runs.run_dir`, also under W&B), and the
+    whole resolved config (data, trainer, model, seed) in every logger's hyperparameters (the W&B run's
+    config, the CSV logger's ``hparams.yaml``), with the run folder's path under ``run_dir``."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        directory = run_dir(trainer)  # on every rank: broadcast under DDP
+        if trainer.is_global_zero:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(directory / self.config_filename), skip_none=False, overwrite=True,
+                             multifile=self.multifile)
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"config": config, "run_dir": str(directory.resolve())})
+        self.already_saved = trainer.strategy.broadcast(True)
 
 
 class DDLightCLI(LightningCLI):
@@ -106,6 +127,7 @@ def main(args: ArgsType = None) -> None:
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            save_config_callback=SaveRunConfig,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"callbacks": [SaveOnInterrupt()]},
             auto_configure_optimizers=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,17 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         atomic_write(target, broken)
     assert load_json(target) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_written_files_are_readable_by_the_group(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        json_file = save_json(tmp_path / "a.json", {"v": 1})
+        tensors = save_tensors(tmp_path / "t.safetensors", {"x": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    for path in (json_file, tensors):
+        assert path.stat().st_mode & 0o777 == 0o644  # what open() gives, not mkstemp's 0o600
 
 
 def test_tensor_round_trip(tmp_path: Path) -> None:

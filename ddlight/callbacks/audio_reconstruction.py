@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
 from ddlight.reconstruct import AUDIO, GRID, format_summary, reconstruct, synset_front_end
+from ddlight.runs import run_dir
 
 #: Most rebuilt clips per class sent to Weights & Biases (all are written to disk).
 WANDB_AUDIO_PER_CLASS = 4
@@ -20,7 +21,7 @@ class AudioReconstruction(Callback):
     """Write the distilled set as WAV files, a feature grid and quality measures.
 
     Takes ``pl_module.to_synset()`` (any :class:`~ddlight.distillers.base.Distiller`) and runs
-    :func:`ddlight.reconstruct.reconstruct` on it: ``<log_dir>/distilled/audio/<class>/<class>_<i>.wav``,
+    :func:`ddlight.reconstruct.reconstruct` on it: ``<run dir>/distilled/audio/<class>/<class>_<i>.wav``,
     ``distilled/spectrograms.png`` and ``distilled/reconstruction.json`` (spectral convergence, feature
     relative error and, with experts, their accuracy on distilled vs re-extracted features; see
     :mod:`ddlight.reconstruct`). Runs on rank 0 at the end of training and, if asked, every
@@ -100,15 +101,13 @@ class AudioReconstruction(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         done = trainer.fit_loop.total_batch_idx + 1
-        if self.every_n_steps and done % self.every_n_steps == 0 and trainer.is_global_zero:
-            self._run(trainer, pl_module, self._root(trainer) / f"step_{done}")
+        if self.every_n_steps and done % self.every_n_steps == 0:
+            out_dir = run_dir(trainer) / "distilled" / f"step_{done}"  # on every rank (broadcast under DDP)
+            if trainer.is_global_zero:
+                self._run(trainer, pl_module, out_dir)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out_dir = run_dir(trainer) / "distilled"  # on every rank: the folder is broadcast under DDP
         if trainer.is_global_zero:
-            out_dir = self._root(trainer)
             self._run(trainer, pl_module, out_dir)
             print(f"distilled audio written to {out_dir / AUDIO}")
-
-    @staticmethod
-    def _root(trainer: L.Trainer) -> Path:
-        return Path(trainer.log_dir or ".") / "distilled"

@@ -8,6 +8,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ddlight.runs import run_dir
+
 
 class SaveOnInterrupt(Callback):
     """On SIGTERM or SIGINT during ``fit``: write ``last.ckpt`` and let the module save its partial result.
@@ -37,4 +39,4 @@ class SaveOnInterrupt(Callback):
         """``last.ckpt`` in the run's checkpoint folder (that of its ModelCheckpoint, if it has one)."""
         callback = trainer.checkpoint_callback
         directory = callback.dirpath if isinstance(callback, ModelCheckpoint) and callback.dirpath else None
-        return Path(directory or Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints") / "last.ckpt"
+        return Path(directory or run_dir(trainer) / "checkpoints") / "last.ckpt"

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddlight.evaluation.protocol import soft_cross_entropy
+from ddlight.recipe import soft_cross_entropy
 from ddlight.io import Synset, load_synset, save_synset
+from ddlight.runs import run_dir
 
 __all__ = ["Distiller", "Synset", "derive_seed", "load_synset", "save_synset", "soft_cross_entropy"]
 
@@ -175,19 +176,20 @@ class Distiller(L.LightningModule):
             directory: Target folder.
             partial: Mark the set as the state of an interrupted run (``"partial": true`` in the manifest).
         """
-        directory = Path(directory or Path(self.trainer.log_dir or ".") / "distilled")
+        directory = Path(directory or run_dir(self.trainer) / "distilled")
         synset = self.to_synset()
         synset.manifest["partial"] = partial
         return save_synset(directory, synset)
 
     def on_interrupt(self) -> None:
         """Export the current set marked partial (called by :class:`~ddlight.callbacks.SaveOnInterrupt`)."""
+        directory = run_dir(self.trainer) / "distilled"  # on every rank: the folder is broadcast under DDP
         if self.trainer.is_global_zero and bool(self.initialized):
-            path = self.export(partial=True)
+            path = self.export(directory, partial=True)
             print(f"interrupted at step {self.global_step}: partial distilled set written to {path}")
 
     def on_train_end(self) -> None:
-        directory = Path(self.trainer.log_dir or ".") / "distilled"  # on every rank: log_dir broadcasts under DDP
+        directory = run_dir(self.trainer) / "distilled"  # on every rank: the folder is broadcast under DDP
         if self.trainer.is_global_zero:
             path = self.export(directory)
             print(f"distilled set written to {path}")
