@@ -22,7 +22,7 @@ minus the memory allocated before. Times are the median of ``--repeats`` updates
 the implementations interleaved in one process so that the machine's load hits all of them alike.
 
     python -m benchmarks.mtt_step --write                   # both tables into BENCHMARKS.md
-    python -m benchmarks.mtt_step --shape 3 20 201 --ipc 10 --syn-steps 4 8 --skip-time   # US8K-shaped
+    python -m benchmarks.mtt_step --shape 3 20 201 --syn-steps 4 30 --full-max-steps 4 --skip-time --write
 """
 
 from __future__ import annotations
@@ -190,7 +190,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed updates per implementation")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--skip-time", action="store_true", help="memory table only")
+    parser.add_argument("--skip-time", action="store_true", help="no time table")
+    parser.add_argument("--skip-memory", action="store_true", help="no memory table")
+    parser.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS),
+                         help="implementations of the memory table")
+    parser.add_argument("--full-max-steps", type=int, default=10**6,
+                        help="memory cells of original/full only up to this syn_steps (they grow with it: may not fit)")
     parser.add_argument("--write", action="store_true", help="write the tables into BENCHMARKS.md")
     parser.add_argument("--cell", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)  # one memory cell (subprocess)
     args = parser.parse_args()
@@ -201,40 +206,49 @@ def main() -> None:
         print(json.dumps({"mib": mib}))
         return
     load = os.getloadavg()[0]
-    lines = [
-        "## MTT step: time and peak memory, ddlight vs the original",
-        "",
+    suffix = "" if shape == (3, 20, 32) else "_" + "x".join(map(str, shape))
+    header = (
         f"`python -m benchmarks.mtt_step {' '.join(sys.argv[1:])}` on {machine(args.device)}, load average "
         f"{load:.1f} at the start. ConvNet width 128, depth 3, instance norm, {CLASSES} classes, features "
         f"{'×'.join(map(str, shape))}, the whole set in every student step, SpecAugment on; checkpointed unroll "
         f"with segment {args.segment}. `original` reproduces the inner loop of mtt-distillation's `distill.py` "
-        "(see the script's docstring). Memory: peak above the memory in use before the update, one fresh "
-        "process per cell.",
-        "",
-        "| ipc | syn_steps | original MiB | full MiB | checkpointed MiB | checkpointed / full |",
-        "|---|---|---|---|---|---|",
-    ]
-    for ipc in args.ipc:
-        for steps in args.syn_steps:
-            mib = {impl: memory_in_subprocess(impl, shape, ipc, steps, args.segment, args.device, args.threads)
-                   for impl in IMPLEMENTATIONS}
-            lines.append(f"| {ipc} | {steps} | {mib['original']:.0f} | {mib['full']:.0f} | {mib['checkpointed']:.0f} "
-                         f"| {mib['checkpointed'] / mib['full']:.2f} |")
-            print(lines[-1], flush=True)
+        "(see the script's docstring)."
+    )
+    if not args.skip_memory:
+        lines = [f"## MTT update: peak memory ({'×'.join(map(str, shape))})", "", header + " Peak memory above the "
+                 "memory in use before the update, one fresh process per cell.", "",
+                 "| ipc | syn_steps | original MiB | full MiB | checkpointed MiB | checkpointed / full |",
+                 "|---|---|---|---|---|---|"]
+        for ipc in args.ipc:
+            for steps in args.syn_steps:
+                run = [i for i in args.implementations if i == "checkpointed" or steps <= args.full_max_steps]
+                mib = {impl: memory_in_subprocess(impl, shape, ipc, steps, args.segment, args.device, args.threads)
+                       for impl in run}
+                cells = [f"{mib[impl]:.0f}" if impl in mib else "–" for impl in IMPLEMENTATIONS]
+                ratio = f"{mib['checkpointed'] / mib['full']:.2f}" if {"full", "checkpointed"} <= set(mib) else "–"
+                lines.append(f"| {ipc} | {steps} | {' | '.join(cells)} | {ratio} |")
+                print(lines[-1], flush=True)
+        finish(SECTION + "_memory" + suffix, lines, args.write)
     if not args.skip_time:
-        lines += ["", f"Seconds per update (median of {args.repeats}, interleaved), syn_steps {args.time_steps}:", "",
-                  "| ipc | original s | full s | checkpointed s | full / original | checkpointed / original |",
-                  "|---|---|---|---|---|---|"]
+        lines = [f"## MTT update: time ({'×'.join(map(str, shape))})", "", header, "",
+                 f"Seconds per update (median of {args.repeats}, implementations interleaved), syn_steps "
+                 f"{args.time_steps}:", "",
+                 "| ipc | original s | full s | checkpointed s | full / original | checkpointed / original |",
+                 "|---|---|---|---|---|---|"]
         for ipc in args.ipc:
             sec = median_seconds(shape, ipc, args.time_steps, args.segment, args.device, args.repeats)
             lines.append(f"| {ipc} | {sec['original']:.2f} | {sec['full']:.2f} | {sec['checkpointed']:.2f} | "
                          f"{sec['full'] / sec['original']:.2f} | {sec['checkpointed'] / sec['original']:.2f} |")
             print(lines[-1], flush=True)
+        finish(SECTION + "_time" + suffix, lines, args.write)
+
+
+def finish(name: str, lines: list[str], write: bool) -> None:
+    """Print a table section and, with ``write``, put it into BENCHMARKS.md."""
     section = "\n".join(lines)
     print(section)
-    if args.write:
-        write_section(SECTION + ("" if tuple(shape) == (3, 20, 32) else "_" + "x".join(map(str, shape))), section)
-
+    if write:
+        write_section(name, section)
 
 if __name__ == "__main__":
     main()
