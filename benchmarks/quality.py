@@ -25,6 +25,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,11 @@ import torch
 from jsonargparse import ArgumentParser
 
 from benchmarks.report import machine, write_section
-from ddlight.augment import SpecAugment
 from ddlight.cli import main as ddlight
 from ddlight.data.base import AudioDataModule
-from ddlight.evaluation import DEFAULT_LR, baseline_indices, embed, evaluate, expert_network, gap_closure
+from ddlight.evaluation import DEFAULT_LR, baseline_indices, evaluate, gap_closure
 from ddlight.io import load_json, save_json
+from ddlight.recipe import TrainRecipe, embed, final_expert_networks
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar=false"]
@@ -48,9 +49,9 @@ def evaluator_args(split: str, epochs: int, repeats: int, seed: int) -> list[str
     return [
         "--trainer.callbacks.init_args.architectures=[convnet]", "--trainer.callbacks.init_args.baselines=[]",
         "--trainer.callbacks.init_args.full=false",
-        f"--trainer.callbacks.init_args.network_options={json.dumps(NETWORK)}", "--trainer.callbacks.init_args.lr=auto",
-        f"--trainer.callbacks.init_args.epochs={epochs}", f"--trainer.callbacks.init_args.repeats={repeats}",
-        f"--trainer.callbacks.init_args.eval_split={split}", f"--trainer.callbacks.init_args.seed={seed}",
+        f"--trainer.callbacks.init_args.network_options={json.dumps(NETWORK)}", "--trainer.callbacks.init_args.recipe.lr=auto",
+        f"--trainer.callbacks.init_args.recipe.epochs={epochs}", f"--trainer.callbacks.init_args.repeats={repeats}",
+        f"--trainer.callbacks.init_args.eval_split={split}", f"--trainer.callbacks.init_args.recipe.seed={seed}",
     ]
 
 
@@ -88,14 +89,14 @@ def baselines(data: AudioDataModule, ipcs: list[int], args: argparse.Namespace) 
     cache = load_json(path) if path.is_file() else {}
     train_x, train_y = data.split_features("train")
     test_x, test_y = data.split_features(args.split)
-    common = {"architectures": ["convnet"], "repeats": args.repeats, "network_options": NETWORK, "epochs": args.epochs,
-              "lr": DEFAULT_LR, "augment": SpecAugment()}
-    embeddings = embed(expert_network(args.out / "experts"), train_x)
+    common = {"architectures": ["convnet"], "repeats": args.repeats, "network_options": NETWORK}
+    recipe = TrainRecipe(epochs=args.epochs, lr=DEFAULT_LR)
+    embeddings = embed(final_expert_networks(args.out / "experts")[1][0], train_x)
     for seed in args.seeds:
         key = f"full/{seed}"
         if key not in cache:
-            result = evaluate(train_x, train_y, test_x, test_y, seed=seed, description="full",
-                              **common | {"epochs": args.full_epochs, "repeats": 1})
+            result = evaluate(train_x, train_y, test_x, test_y, replace(recipe, epochs=args.full_epochs, seed=seed),
+                              description="full", **common | {"repeats": 1})
             cache[key] = result["convnet"]["mean"]
             save_json(path, cache)
         for ipc in ipcs:
@@ -103,7 +104,8 @@ def baselines(data: AudioDataModule, ipcs: list[int], args: argparse.Namespace) 
                 key = f"{name}/{ipc}/{seed}"
                 if key not in cache:
                     idx = baseline_indices(name, train_y, ipc, embeddings, seed)
-                    result = evaluate(train_x[idx], train_y[idx], test_x, test_y, seed=seed, description=key, **common)
+                    result = evaluate(train_x[idx], train_y[idx], test_x, test_y, replace(recipe, seed=seed),
+                                      description=key, **common)
                     cache[key] = result["convnet"]["mean"]
                     save_json(path, cache)
     return cache

@@ -16,11 +16,11 @@ import argparse
 import torch
 
 from benchmarks.report import machine, write_section
-from ddlight.augment import SpecAugment
 from ddlight.data.synthetic import SyntheticSounds
 from ddlight.evaluation.coresets import random_subset
 from ddlight.evaluation.protocol import evaluate
 from ddlight.features import FeatureConfig
+from ddlight.recipe import TrainRecipe
 
 CONVNET = {"convnet": {"width": 64, "depth": 3, "norm": "instance"}}
 
@@ -36,16 +36,16 @@ def main(argv: list[str] | None = None) -> None:
     train_x, train_y = data.split_features("train")
     test_x, test_y = data.split_features("test")
     rows = []
-    full = evaluate(train_x, train_y, test_x, test_y, repeats=args.repeats, network_options=CONVNET,
-                    epochs=args.full_epochs, batch_size=64, augment=SpecAugment(), description="full")
+    full = evaluate(train_x, train_y, test_x, test_y, TrainRecipe(epochs=args.full_epochs, lr=0.01, batch_size=64),
+                    repeats=args.repeats, network_options=CONVNET, description="full")
     rows.append((f"full training split ({len(train_y)} clips)", full["convnet"]))
     for ipc in (1, 10):
         runs = []
         for seed in range(args.repeats):
             idx = random_subset(train_y, ipc, torch.Generator().manual_seed(seed))
-            result = evaluate(train_x[idx], train_y[idx], test_x, test_y, repeats=1, network_options=CONVNET,
-                              epochs=args.subset_epochs, augment=SpecAugment(), seed=seed,
-                              description=f"random ipc {ipc}")
+            result = evaluate(train_x[idx], train_y[idx], test_x, test_y,
+                              TrainRecipe(epochs=args.subset_epochs, lr=0.01, seed=seed), repeats=1,
+                              network_options=CONVNET, description=f"random ipc {ipc}")
             runs.extend(result["convnet"]["runs"])
         mean = sum(runs) / len(runs)
         std = (sum((r - mean) ** 2 for r in runs) / len(runs)) ** 0.5

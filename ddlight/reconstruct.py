@@ -27,10 +27,11 @@ Measures, all on the audio *before* the peak normalisation:
   the networks see). Covers everything the audio round trip loses: the mel → linear and phase
   estimates, the ``top_db`` floor and, for FD-MFCC, delta channels that disagree with the static one.
 - ``expert_accuracy`` (when an expert folder is given and holds trajectories for this feature shape and
-  number of classes): accuracy of each expert network at its final snapshot on ``f`` and on ``f_hat``
-  against the set's (hard) labels, and their means. A drop means the class information does not
-  survive the trip to audio. Experts are rebuilt from their recorded parameters only, so networks with
-  batch-norm running statistics are evaluated with fresh statistics.
+  number of classes): accuracy in percent of each expert network at its final snapshot
+  (:func:`~ddlight.recipe.final_expert_networks`) on ``f`` and on ``f_hat`` against the set's (hard)
+  labels, and their means. A drop means the class information does not survive the trip to audio.
+  Experts are rebuilt from their recorded parameters only, so networks with batch-norm running
+  statistics are evaluated with fresh statistics.
 
 Samples whose features are not finite (NaN/inf) are listed under ``invalid`` in the JSON and the log,
 and no WAV is written for them, nor for samples that decode to non-finite or silent audio.
@@ -54,12 +55,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ddlight.io import Synset, load_synset
 from ddlight.features import AudioFeatures, build_features
 from ddlight.features.griffin_lim import consistency_projection, stft
 from ddlight.features.inversion import spectral_convergence
-from ddlight.io import atomic_write, load_trajectories, save_json
-from ddlight.networks import build_network
+from ddlight.io import Synset, atomic_write, load_synset, save_json
+from ddlight.recipe import accuracy, final_expert_networks
 
 REPORT = "reconstruction.json"
 GRID = "spectrograms.png"
@@ -150,20 +150,13 @@ def _measure(front: AudioFeatures, features: Tensor, waves: Tensor) -> tuple[Ten
     return convergence, difference / torch.linalg.vector_norm(features.flatten(1), dim=1), rebuilt
 
 
-def _accuracy(net: torch.nn.Module, features: Tensor, labels: Tensor, batch_size: int = 64) -> float:
-    """Fraction of ``features`` that ``net`` assigns to ``labels`` (in batches, to bound memory)."""
-    batches = zip(features.split(batch_size), labels.split(batch_size))
-    hits = sum(int((net(x).argmax(-1) == y).sum()) for x, y in batches)
-    return hits / len(labels)
-
-
 def _expert_accuracy(
     expert_dir: str | Path, synset: Synset, features: Tensor, rebuilt: Tensor, labels: Tensor
 ) -> dict[str, Any]:
     """Accuracy of every expert's final network on the distilled and on the re-extracted features."""
     try:
-        manifest, experts = load_trajectories(expert_dir)
-    except FileNotFoundError as err:
+        manifest, networks = final_expert_networks(expert_dir, features.device)
+    except (FileNotFoundError, ValueError) as err:
         return {"dir": str(expert_dir), "skipped": str(err)}
     in_shape, num_classes = list(manifest["in_shape"]), int(manifest["num_classes"])
     if in_shape != list(synset.features.shape[1:]) or num_classes != len(synset.manifest["classes"]):
@@ -172,22 +165,14 @@ def _expert_accuracy(
             "skipped": f"experts take {in_shape} with {num_classes} classes; the set has "
             f"{list(synset.features.shape[1:])} with {len(synset.manifest['classes'])}",
         }
-    per_expert = []
-    for entry, params in zip(manifest["experts"], experts):
-        net = build_network(manifest["network"], in_shape, num_classes, **manifest["network_options"])
-        missing = sorted({n for n, _ in net.named_parameters()} - set(params))
-        if missing:
-            return {"dir": str(expert_dir), "skipped": f"{entry['file']} lacks parameters {missing}"}
-        net.load_state_dict({n: p[-1] for n, p in params.items()}, strict=False)
-        net = net.to(features.device).eval()
-        per_expert.append([_accuracy(net, x, labels) for x in (features, rebuilt)])
-    accuracy = np.mean(per_expert, axis=0)
+    per_expert = [[accuracy(net, x, labels, batch_size=64) for x in (features, rebuilt)] for net in networks]
+    mean = np.mean(per_expert, axis=0)
     return {
         "dir": str(expert_dir),
         "network": manifest["network"],
         "experts": len(per_expert),
-        "distilled_features": round(float(accuracy[0]), 4),
-        "reconstructed_audio": round(float(accuracy[1]), 4),
+        "distilled_features": round(float(mean[0]), 4),
+        "reconstructed_audio": round(float(mean[1]), 4),
         "per_expert": [{"distilled_features": round(a, 4), "reconstructed_audio": round(b, 4)} for a, b in per_expert],
     }
 

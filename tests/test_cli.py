@@ -46,6 +46,26 @@ def test_fit_help_documents_arguments(capsys: pytest.CaptureFixture[str]) -> Non
     assert "--test_after_fit" in capsys.readouterr().out
 
 
+def test_fit_help_lists_every_ddlight_module_and_datamodule(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # help text wraps lines
+    for name in ("distillers.MTT", "distillers.RFAD", "distillers.DC", "distillers.DM", "distillers.FRAMI",
+                 "tasks.Classifier", "active_learning.ActiveLearner", "data.UrbanSound8K", "data.ESC50",
+                 "data.SpeechCommands", "data.AudioMNIST", "data.SyntheticSounds", "data.SynsetDataModule"):
+        assert f"ddlight.{name}" in out, name
+
+
+@pytest.mark.parametrize(("name", "argument"), [("MTT", "--model.syn_steps"), ("RFAD", "--model.num_models")])
+def test_short_class_names_resolve(name: str, argument: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model.help", name])
+    assert exit_info.value.code == 0 and argument in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # and as the model of a run
+        main(["fit", "--model", name, "--data", "SyntheticSounds", "--print_config"])
+    assert exit_info.value.code == 0 and f"class_path: ddlight.distillers.{name}" in capsys.readouterr().out
+
+
 def test_module_entry_point_is_the_same_command() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "ddlight", "--help"], capture_output=True, text=True, timeout=120, check=True
@@ -115,6 +135,39 @@ def test_wandb_logger_works_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert (runs[0] / "files").is_dir() and (runs[0] / "logs").is_dir()
+
+
+def test_wandb_and_csv_runs_of_one_config_land_in_their_own_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run folder holds its own config, checkpoints and distilled set; W&B gets the whole config."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--data.init_args.train_per_class=2", "--data.init_args.val_per_class=1",
+            "--data.init_args.test_per_class=1", "--data.init_args.duration=0.25", "--trainer.max_steps=2",
+            "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]", "--model.init_args.ipc=1",
+            "--model.init_args.num_models=1", "--model.init_args.width=8", "--model.init_args.real_batch=8",
+            "--model.init_args.num_eval_models=1"]
+    wandb_logger = [f"--trainer.logger={CONFIGS / 'logger' / 'wandb.yaml'}", "--trainer.logger.init_args.save_dir=runs"]
+    logged = []
+    for logger in (wandb_logger, wandb_logger, []):
+        main(["fit", "--config", str(CONFIGS / "rfad_synthetic.yaml"), *tiny, *logger])
+        if logger:
+            logged.append(dict(wandb.run.config))
+            wandb.finish()
+    folders = sorted(p.parent for p in (tmp_path / "runs").rglob("config.yaml"))
+    assert len(folders) == 3 and len({p.name for p in folders}) == 3  # two W&B run ids and version_0
+    assert not (tmp_path / "runs" / "config.yaml").exists() and not (tmp_path / "runs" / "distilled").exists()
+    for folder in folders:
+        assert (folder / "distilled" / "synset.safetensors").is_file() and (folder / "checkpoints" / "last.ckpt").is_file()
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        assert config["data"]["init_args"]["train_per_class"] == 2 and config["trainer"]["max_steps"] == 2
+    assert len(list((tmp_path / "runs" / "wandb").glob("offline-run-*"))) == 2
+    for config in logged:  # the whole config, not only the model's arguments, and the run's folder
+        assert config["config"]["trainer"]["max_steps"] == 2
+        assert config["config"]["data"]["class_path"].endswith("SyntheticSounds")
+        assert Path(config["run_dir"]) in folders
 
 
 @pytest.mark.parametrize("dataset", ["synthetic", "us8k", "esc50", "audiomnist"])

@@ -7,7 +7,6 @@ from ddlight.active_learning.acquisition import (
     bald,
     has_dropout,
     insert_mc_dropout,
-    kcenter_greedy,
     margin,
     max_entropy,
     mc_dropout_probs,
@@ -18,6 +17,7 @@ from ddlight.active_learning.acquisition import (
     variation_ratios,
 )
 from ddlight.active_learning.loop import (
+    AL_RECIPE,
     PAPER_BUDGETS,
     PAPER_TINY_BUDGETS,
     ActiveLearner,
@@ -25,12 +25,12 @@ from ddlight.active_learning.loop import (
     initial_indices,
     resolve_budgets,
     resolve_increment,
-    train_network,
 )
 from ddlight.active_learning.report import TOTAL, build_results, markdown_tables, write_results
 
 __all__ = [
     "ACQUISITIONS",
+    "AL_RECIPE",
     "PAPER_BUDGETS",
     "PAPER_TINY_BUDGETS",
     "TOTAL",
@@ -43,7 +43,6 @@ __all__ = [
     "has_dropout",
     "initial_indices",
     "insert_mc_dropout",
-    "kcenter_greedy",
     "margin",
     "markdown_tables",
     "max_entropy",
@@ -54,7 +53,6 @@ __all__ = [
     "resolve_increment",
     "score_pool_sharded",
     "select_top_k",
-    "train_network",
     "variation_ratios",
     "write_results",
 ]

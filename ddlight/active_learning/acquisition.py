@@ -8,7 +8,8 @@ Plain torch, no Lightning and no dataset knowledge. The pieces are:
 * MC dropout: :func:`mc_dropout_probs` (all passes in one replicated forward),
   :func:`enable_mc_dropout`, :func:`has_dropout`, :func:`insert_mc_dropout` for networks without
   dropout and :func:`remove_dropout` for studies that train every network without it;
-* the core-set baseline :func:`kcenter_greedy` (Sener & Savarese, ICLR 2018);
+* the core-set baseline is :func:`ddlight.recipe.kcenter_greedy` (Sener & Savarese, ICLR 2018), on
+  embeddings rather than probabilities;
 * selection: :func:`select_top_k`, the :data:`ACQUISITIONS` registry and :func:`acquire`;
 * :func:`score_pool_sharded` to split pool scoring over the ranks of a distributed job.
 
@@ -267,56 +268,6 @@ def remove_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
-def _nearest_distance(points: Tensor, centres: Tensor, block: int = 1024) -> Tensor:
-    """Euclidean distance from each point to its nearest centre, ``block`` centres at a time."""
-    nearest = points.new_full((points.shape[0],), math.inf)
-    for part in centres.split(block):
-        nearest = torch.minimum(nearest, torch.cdist(points, part).amin(dim=1))
-    return nearest
-
-
-def kcenter_greedy(pool_emb: Tensor, labelled_emb: Tensor, k: int) -> Tensor:
-    """Greedy k-center (core-set) selection of Sener & Savarese (ICLR 2018).
-
-    Repeatedly picks the pool point farthest (Euclidean) from its nearest centre, where the centres
-    are the labelled points plus the points picked so far; a 2-approximation of the k-center
-    problem. With no labelled points (``M = 0``) the first pick is the point farthest from the pool
-    mean, so the result is deterministic (no seed needed). Ties go to the lowest index.
-
-    Args:
-        pool_emb: Embeddings of the unlabelled pool ``[N, D]``.
-        labelled_emb: Embeddings of the labelled set ``[M, D]``; ``M`` may be 0.
-        k: Number of points to pick, ``0 <= k <= N``.
-
-    Returns:
-        Indices into the pool ``[k]`` (int64), distinct, in pick order.
-
-    Raises:
-        ValueError: If the shapes disagree or ``k`` is out of range.
-    """
-    if pool_emb.dim() != 2 or labelled_emb.dim() != 2 or pool_emb.shape[1] != labelled_emb.shape[1]:
-        raise ValueError(
-            f"expected pool [N, D] and labelled [M, D] embeddings, got {tuple(pool_emb.shape)} "
-            f"and {tuple(labelled_emb.shape)}"
-        )
-    _check_k(k, pool_emb.shape[0])
-    has_centres = labelled_emb.shape[0] > 0
-    if has_centres:
-        nearest = _nearest_distance(pool_emb, labelled_emb.to(pool_emb))
-    else:
-        nearest = pool_emb.new_full((pool_emb.shape[0],), math.inf)
-    picks = torch.empty(k, dtype=torch.long, device=pool_emb.device)
-    for i in range(k):
-        if i == 0 and not has_centres:
-            pick = (pool_emb - pool_emb.mean(dim=0)).norm(dim=1).argmax()
-        else:
-            pick = nearest.argmax()
-        picks[i] = pick
-        nearest = torch.minimum(nearest, (pool_emb - pool_emb[pick]).norm(dim=1))
-        nearest[pick] = -math.inf  # stays -inf under minimum: no point is picked twice
-    return picks
-
-
 def _check_k(k: int, pool_size: int) -> None:
     """Raise if ``k`` items cannot be selected from a pool of ``pool_size``."""
     if not 0 <= k <= pool_size:
@@ -373,7 +324,7 @@ def _random_score(probs: Tensor, generator: torch.Generator | None = None) -> Te
 #: or ``[N, K]`` (one deterministic pass) and a generator, and returns scores ``[N]``, higher = pick
 #: first. Entropy, variation ratios and margin use the probabilities averaged over the passes (the
 #: MC dropout predictive distribution of Gal et al., 2017); BALD needs ``T >= 2``; random ignores
-#: the values. The core-set baseline works on embeddings instead: see :func:`kcenter_greedy`.
+#: the values. The core-set baseline works on embeddings instead: see :func:`ddlight.recipe.kcenter_greedy`.
 ACQUISITIONS: dict[str, ScoreFn] = {
     "max_entropy": _on_mean_probs(max_entropy),
     "variation_ratios": _on_mean_probs(variation_ratios),

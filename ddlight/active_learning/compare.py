@@ -18,10 +18,9 @@ a lower bound ``> n_max / n_DD``; if already the smallest budget does, an upper 
 
 Both sides must follow the same evaluation protocol for the factor to mean anything: the same
 architectures (rows are matched by name), the same test split, the same number of repeats and the
-same training recipe per network (SGD with momentum, lr x0.1 at half the epochs, in both
-:func:`ddlight.active_learning.loop.train_network` and ``ddlight.evaluation.protocol.fit_network``;
-set ``model.init_args.epochs/lr/...`` of the AL config to the distiller's evaluation settings). The
-table prints the repeats found on each side and warns when they differ.
+same training recipe per network (both sides train with :mod:`ddlight.recipe`; set
+``model.init_args.recipe`` of the AL config to the distiller's evaluation ``recipe``). The table prints
+the repeats found on each side and warns when they differ.
 """
 
 from __future__ import annotations

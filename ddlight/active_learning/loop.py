@@ -48,12 +48,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor, nn
 
@@ -62,7 +63,6 @@ from ddlight.active_learning.acquisition import (
     acquisition_scores,
     has_dropout,
     insert_mc_dropout,
-    kcenter_greedy,
     mc_dropout_probs,
     random_scores,
     remove_dropout,
@@ -71,6 +71,8 @@ from ddlight.active_learning.acquisition import (
 )
 from ddlight.active_learning.report import TOTAL, build_results, write_results
 from ddlight.networks import build_network
+from ddlight.recipe import TrainRecipe, accuracy, embed, fit_networks, kcenter_greedy
+from ddlight.runs import run_dir
 
 #: Budgets (% of the pool) of every dataset in Tables 1-2 of Gudur & Thomaz.
 PAPER_BUDGETS: tuple[float, ...] = (20.0, 30.0, 40.0, 60.0)
@@ -84,6 +86,10 @@ NETWORK_DROPOUT = ("mc", "none")
 
 #: Strategies of the loop: the score-based acquisition functions plus the embedding-based core set.
 STRATEGIES = (*ACQUISITIONS, "kcenter")
+
+#: How every network of a study is trained unless the config says otherwise: the evaluation protocol's
+#: SGD with fewer epochs, smaller batches and no augmentation (Gudur & Thomaz give no recipe).
+AL_RECIPE = TrainRecipe(epochs=50, lr=0.01, batch_size=64, augment=False)
 
 
 def _to_samples(value: float, pool_size: int, unit: str) -> int:
@@ -219,46 +225,6 @@ def initial_indices(labels: Tensor, num_classes: int, per_class: int, generator:
     return picks
 
 
-def train_network(
-    network: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    momentum: float,
-    weight_decay: float,
-) -> nn.Module:
-    """Train ``network`` on ``(x, y)`` with SGD, lr x0.1 after ``epochs // 2`` epochs (the evaluation recipe).
-
-    Uses the global RNG for the batch order; seed it (inside :func:`torch.random.fork_rng`) for
-    reproducibility.
-
-    Returns:
-        The same ``network``, in eval mode.
-    """
-    optimizer = torch.optim.SGD(network.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [max(1, epochs // 2)], gamma=0.1)
-    network.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(x), device=x.device).split(batch_size):
-            if len(batch) < 2 and len(x) > 1:  # a single item breaks batch norm; it is seen next epoch
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(network(x[batch]), y[batch]).backward()
-            optimizer.step()
-        schedule.step()
-    return network.eval()
-
-
-@torch.no_grad()
-def test_accuracy(network: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
-    """Accuracy in percent of ``network`` (eval mode) on ``(x, y)``."""
-    network.eval()
-    correct = sum(int((network(xb).argmax(-1) == yb).sum()) for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
-    return 100.0 * correct / len(x)
-
-
 class ActiveLearner(L.LightningModule):
     """Pool-based active learning of Gudur & Thomaz: one Lightning epoch per round, every network x strategy x repeat.
 
@@ -281,21 +247,20 @@ class ActiveLearner(L.LightningModule):
         increment: Most pool items acquired per acquire -> retrain round, in ``budget_unit`` (default
             5 % of the pool; the paper gives none). The round before a budget is shortened to land on it.
         initial_per_class: Labelled items per class before the first acquisition (stratified, seeded).
-        repeats: Runs per network and strategy; repeat ``r`` uses seed ``seed + r``.
-        seed: Seed of the first repeat (initial sets, initialisations, batch order, MC masks).
+        repeats: Runs per network and strategy; repeat ``r`` uses seed ``recipe.seed + r``.
         network_dropout: ``"mc"``: every strategy (and the total-training-data row) trains BALD's
             MC-dropout network (dropout inserted where a network has none) and scores with
             ``mc_passes`` MC-dropout passes; ``"none"``: every dropout module is removed from every
             network, scoring is one deterministic pass, and BALD is refused.
         mc_passes: MC-dropout passes per pool item (``>= 2`` with ``network_dropout="mc"``).
         mc_dropout: Probability of the dropout inserted into networks without one (``"mc"`` only).
-        epochs: Training epochs of each fresh network (every round retrains from scratch).
-        lr: Initial SGD learning rate (x0.1 at half the epochs).
-        momentum: SGD momentum.
-        weight_decay: SGD weight decay.
-        batch_size: Minibatch size of the inner training loop.
+        recipe: How every fresh network is trained (:class:`~ddlight.recipe.TrainRecipe`, the recipe of
+            the evaluation protocol; default :data:`AL_RECIPE`); ``lr`` must be a number. Every round
+            retrains from scratch. Its seed is that of the first repeat (initial sets,
+            initialisations, batch order, MC masks); the network of repeat ``r`` in round ``k`` is
+            trained with seed ``seed + r + 1000 k``.
         score_batch_size: Pool items per scoring forward (times ``mc_passes`` rows).
-        output_dir: Where ``al_results.json``/``.md``/``.png`` go (``None``: the trainer's log dir).
+        output_dir: Where ``al_results.json``/``.md``/``.png`` go (``None``: the run's folder, :func:`ddlight.runs.run_dir`).
 
     Raises:
         ValueError: If a strategy, network, ``network_dropout`` or count is invalid, or BALD is asked
@@ -314,21 +279,18 @@ class ActiveLearner(L.LightningModule):
         increment: float = 5.0,
         initial_per_class: int = 1,
         repeats: int = 3,
-        seed: int = 0,
         network_dropout: Literal["mc", "none"] = "mc",
         mc_passes: int = 20,
         mc_dropout: float = 0.25,
-        epochs: int = 50,
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        batch_size: int = 64,
+        recipe: TrainRecipe = AL_RECIPE,
         score_batch_size: int = 256,
         output_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
+        #: The training recipe (under LightningCLI ``hparams`` holds the config's dict, not the object).
+        self.recipe = recipe
         self.networks = list(networks or ["cnn4"])
         self.strategies = list(strategies or ["max_entropy", "variation_ratios", "bald", "random"])
         self.budgets = list(budgets or PAPER_BUDGETS)
@@ -356,8 +318,13 @@ class ActiveLearner(L.LightningModule):
         unknown = sorted(set(self.strategies) - set(STRATEGIES))
         if unknown:
             raise ValueError(f"unknown strategies {unknown}; choose from {sorted(STRATEGIES)}")
-        if hp.repeats < 1 or hp.epochs < 1:
-            raise ValueError(f"repeats and epochs must be >= 1, got {hp.repeats} and {hp.epochs}")
+        if hp.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {hp.repeats}")
+        if self.recipe.lr == "auto":
+            raise ValueError(
+                "recipe.lr 'auto' is the learned step size of a distilled set; active learning trains on real "
+                "data: give recipe.lr a number"
+            )
         if hp.increment <= 0:
             raise ValueError(f"increment must be > 0 ({hp.budget_unit}), got {hp.increment}")
         if not 0.0 <= hp.mc_dropout < 1.0:
@@ -444,7 +411,7 @@ class ActiveLearner(L.LightningModule):
         for network, strategy, repeat in self.runs():
             key = f"{network}/{strategy}/{repeat}"
             if key not in self.labelled:  # same initial set for every network and strategy of a repeat
-                generator = torch.Generator().manual_seed(hp.seed + repeat)
+                generator = torch.Generator().manual_seed(self.recipe.seed + repeat)
                 self.labelled[key] = initial_indices(self.pool_y, hp.num_classes, hp.initial_per_class, generator)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -473,12 +440,16 @@ class ActiveLearner(L.LightningModule):
         if self.rounds_done >= self.num_rounds:
             self.trainer.should_stop = True
 
+    def _seed(self, repeat: int) -> int:
+        """Seed of ``repeat`` in the current round: ``recipe.seed + repeat + 1000 * round``."""
+        return self.recipe.seed + repeat + 1000 * self.rounds_done
+
     @contextmanager
     def _seeded(self, repeat: int) -> Iterator[None]:
-        """Seed every RNG from ``seed``, ``repeat`` and the round, restoring the global state afterwards."""
+        """Seed the global RNG with :meth:`_seed` (MC-dropout masks), restoring its state afterwards."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.hparams.seed + repeat + 1000 * self.rounds_done)
+            torch.manual_seed(self._seed(repeat))
             yield
 
     def _record(self, network: str, strategy: str, repeat: int, labelled: int, accuracy: float) -> None:
@@ -488,15 +459,17 @@ class ActiveLearner(L.LightningModule):
         )
 
     def _total_round(self) -> dict[str, list[float]]:
-        """The "Total Training Data" row: every network trained on the whole pool, ``repeats`` times."""
-        everything = list(range(self.pool_size))
+        """The "Total Training Data" row: every network trained on the whole pool, ``repeats`` times.
+
+        The repeats of a network train together (seeds ``recipe.seed + r``, as in every other round).
+        """
         accuracies: dict[str, list[float]] = {}
         for network in self.networks:
-            for repeat in range(self.hparams.repeats):
-                with self._seeded(repeat):
-                    accuracy = test_accuracy(self._fit(network, everything), self.test_x, self.test_y)
-                self._record(network, TOTAL, repeat, self.pool_size, accuracy)
-                accuracies.setdefault(f"al/{network}/{TOTAL}", []).append(accuracy)
+            models = self._fit(network, list(range(self.pool_size)), repeat=0, repeats=self.hparams.repeats)
+            for repeat, model in enumerate(models):
+                score = accuracy(model, self.test_x, self.test_y)
+                self._record(network, TOTAL, repeat, self.pool_size, score)
+                accuracies.setdefault(f"al/{network}/{TOTAL}", []).append(score)
         return accuracies
 
     def _acquisition_round(self, step: int) -> dict[str, list[float]]:
@@ -517,24 +490,24 @@ class ActiveLearner(L.LightningModule):
                     f"run {key} has {len(labelled)} labelled items in the round of size {size}; the state "
                     "comes from a study with other budgets, increment or initial_per_class"
                 )
-            with self._seeded(repeat):
-                model = self._fit(network, labelled) if at_budget or strategy != "random" else None
-                if at_budget:
-                    accuracy = test_accuracy(model, self.test_x, self.test_y)
-                    self._record(network, strategy, repeat, size, accuracy)
-                    accuracies.setdefault(f"al/{network}/{strategy}", []).append(accuracy)
-                if grow:
+            model = self._fit(network, labelled, repeat)[0] if at_budget or strategy != "random" else None
+            if at_budget:
+                score = accuracy(model, self.test_x, self.test_y)
+                self._record(network, strategy, repeat, size, score)
+                accuracies.setdefault(f"al/{network}/{strategy}", []).append(score)
+            if grow:
+                with self._seeded(repeat):
                     labelled += self.acquire_from_pool(model, strategy, labelled, grow, repeat)
         return accuracies
 
-    def _fit(self, network: str, labelled: list[int]) -> nn.Module:
-        """A fresh :meth:`build` of ``network`` trained on the labelled items (the recipe of every row)."""
-        hp = self.hparams
+    def _fit(self, network: str, labelled: list[int], repeat: int, repeats: int = 1) -> list[nn.Module]:
+        """Fresh :meth:`build` s of ``network`` trained on the labelled items with the recipe of every row.
+
+        The first is seeded :meth:`_seed` of ``repeat``, the next ones ``+ 1``, ``+ 2``, ...
+        """
         index = torch.tensor(labelled, device=self.device)
-        return train_network(
-            self.build(network).to(self.device), self.pool_x[index], self.pool_y[index], hp.epochs, hp.lr,
-            hp.batch_size, hp.momentum, hp.weight_decay,
-        )
+        recipe = replace(self.recipe, seed=self._seed(repeat))
+        return fit_networks(partial(self.build, network), self.pool_x[index], self.pool_y[index], recipe, repeats)
 
     def acquire_from_pool(
         self, model: nn.Module | None, strategy: str, labelled: Sequence[int], k: int, repeat: int
@@ -559,22 +532,16 @@ class ActiveLearner(L.LightningModule):
         mask[list(labelled)] = False
         unlabelled = mask.nonzero().squeeze(1)
         if strategy == "random":  # needs no network: the same draw on every rank
-            generator = torch.Generator().manual_seed(self.hparams.seed + repeat + 1000 * self.rounds_done)
+            generator = torch.Generator().manual_seed(self._seed(repeat))
             scores = random_scores(len(unlabelled), generator)
         elif strategy == "kcenter":
-            embeddings = self.embed(model, self.pool_x)
+            embeddings = embed(model, self.pool_x, self.hparams.score_batch_size)
             picks = kcenter_greedy(embeddings[unlabelled.to(self.device)], embeddings[list(labelled)], k)
             return unlabelled[picks.cpu()].tolist()
         else:
             pool = self.pool_x[unlabelled.to(self.device)]
             scores = score_pool_sharded(lambda x: self.score(model, strategy, x), pool).cpu()
         return unlabelled[select_top_k(scores, k)].tolist()
-
-    @torch.no_grad()
-    def embed(self, model: nn.Module, x: Tensor) -> Tensor:
-        """Embeddings ``model.embed(x)`` in eval mode, ``score_batch_size`` items at a time."""
-        model.eval()
-        return torch.cat([model.embed(chunk) for chunk in x.split(self.hparams.score_batch_size)])
 
     @torch.no_grad()
     def score(self, model: nn.Module, strategy: str, x: Tensor) -> Tensor:
@@ -607,18 +574,20 @@ class ActiveLearner(L.LightningModule):
                 f"fit ended after {self.rounds_done} of {self.num_rounds} rounds (set trainer.max_epochs to -1 "
                 f"or at least {self.num_rounds}); the results cover the budgets done"
             )
-        # trainer.log_dir is a collective under DDP: every rank asks, rank zero writes
-        self._write_results(Path(self.hparams.output_dir or self.trainer.log_dir or self.trainer.default_root_dir))
+        # run_dir is a collective under DDP: every rank asks, rank zero writes
+        self._write_results(Path(self.hparams.output_dir or run_dir(self.trainer)))
 
     def _protocol(self) -> dict[str, Any]:
         """The settings the results depend on, for ``al_results.json``."""
         keys = (
-            "budget_unit", "increment", "repeats", "epochs", "lr", "momentum", "weight_decay", "batch_size",
-            "initial_per_class", "network_dropout", "mc_passes", "mc_dropout", "seed", "network_options",
+            "budget_unit", "increment", "repeats", "initial_per_class", "network_dropout", "mc_passes", "mc_dropout",
+            "network_options",
         )
+        recipe = {k: v for k, v in asdict(self.recipe).items() if k != "batched"}  # batched: speed only
         return {
             "budgets": self.budgets,
             **{k: self.hparams[k] for k in keys},
+            **recipe,
             "schedule": self.schedule,
             "skipped_budgets": self.skipped,
         }

@@ -21,12 +21,11 @@ skipped for holding fewer samples than classes.
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ddlight.io import atomic_path, atomic_write, save_json
+from ddlight.recipe import summarize
 
 RESULTS_JSON = "al_results.json"
 RESULTS_MD = "al_results.md"
@@ -45,12 +44,6 @@ STRATEGY_NAMES = {
     "random": "Random",
     "kcenter": "k-Center (core set)",
 }
-
-
-def summarize(runs: Iterable[float]) -> dict[str, Any]:
-    """``{"mean", "std", "runs"}`` of accuracies, rounded to 4 decimals (population std)."""
-    runs = [round(float(r), 4) for r in runs]
-    return {"mean": round(statistics.fmean(runs), 4), "std": round(statistics.pstdev(runs), 4), "runs": runs}
 
 
 def build_results(

@@ -12,7 +12,6 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
-from ddlight.augment import SpecAugment
 from ddlight.evaluation import (
     BASELINES,
     build_report,
@@ -20,9 +19,11 @@ from ddlight.evaluation import (
     full_recipe,
     markdown_table,
     protocol_recipe,
-    resolve_lr,
+    resolve_recipe,
     write_report,
 )
+from ddlight.recipe import TrainRecipe
+from ddlight.runs import run_dir
 
 
 class SynsetEvaluator(Callback):
@@ -34,29 +35,27 @@ class SynsetEvaluator(Callback):
     :func:`~ddlight.evaluation.evaluate_synset` (synthetic + ``baselines``, ``repeats`` networks per
     architecture, last-epoch accuracy), logs ``eval/<arch>_acc`` (and ``eval/<arch>_<baseline>_acc``) to
     the trainer's loggers, and at the end writes ``evaluation.json``/``evaluation.md`` into
-    ``trainer.log_dir`` and prints the table and paths (at ``on_fit_end``, after the distiller's
+    the run's folder (:func:`ddlight.runs.run_dir`) and prints the table and paths (at ``on_fit_end``, after the distiller's
     export). With a :class:`WandbLogger` it also logs a
     results table and an image grid of the synthetic features per class. Runs on rank 0 only.
 
     Args:
         architectures: Networks to evaluate (names of :data:`ddlight.networks.NETWORKS`).
         repeats: Fresh networks per architecture and set.
-        epochs: Training epochs of each network.
-        lr: Initial SGD learning rate (×0.1 at half the epochs), or ``auto``: the set's learned step size
-            (MTT's ``syn_lr``, as the original evaluates), 0.01 for sets without one. Every set of the
-            report (synthetic, baselines, full) is trained with it; ``evaluation.json`` records it.
-        batch_size: Minibatch size.
+        recipe: How every network is trained (:class:`~ddlight.recipe.TrainRecipe`: epochs, lr, batch
+            size, momentum, weight decay, augmentation, seed, batched). Its ``lr: auto`` (the default)
+            is the set's learned step size (MTT's ``syn_lr``, as the original evaluates), 0.01 for sets
+            without one. Every set of the report (synthetic, baselines, full) is trained with it;
+            ``evaluation.json`` records it. Its seed also picks the random subsets.
         baselines: Real-subset baselines (any of ``random``, ``herding``, ``kcenter``).
         every_n_steps: Also evaluate (synthetic set only, no files) every N global steps.
-        augment: Train the networks with :class:`~ddlight.augment.SpecAugment` (default settings).
         network_options: Constructor options per architecture, e.g. ``{"convnet": {"width": 64}}``.
         expert_dir: Expert trajectories whose final expert embeds real data for herding / k-center
             (default: a quick ConvNet trained on the real training features).
-        seed: Base seed of the protocol.
         full: Also train on the whole real training split: the reference of the gap closure
             ``g = (synthetic - random) / (full - random)`` in the report (costly: once per run).
-        full_epochs: Epochs of the full-split networks (default: ``epochs``); fewer make the reference
-            cheaper but lower, which raises ``g`` (the report records it).
+        full_epochs: Epochs of the full-split networks (default: ``recipe.epochs``); fewer make the
+            reference cheaper but lower, which raises ``g`` (the report records it).
         full_repeats: Networks trained on the full split (default: ``repeats``).
         eval_split: Real split every network is tested on: ``test``, or ``val`` to tune settings
             without touching the test split (the report records it).
@@ -66,15 +65,11 @@ class SynsetEvaluator(Callback):
         self,
         architectures: list[str] | None = None,
         repeats: int = 5,
-        epochs: int = 300,
-        lr: float | Literal["auto"] = "auto",
-        batch_size: int = 256,
+        recipe: TrainRecipe = TrainRecipe(),
         baselines: list[str] | None = None,
         every_n_steps: int | None = None,
-        augment: bool = True,
         network_options: dict[str, dict[str, Any]] | None = None,
         expert_dir: str | None = None,
-        seed: int = 0,
         full: bool = False,
         full_epochs: int | None = None,
         full_repeats: int | None = None,
@@ -86,24 +81,20 @@ class SynsetEvaluator(Callback):
             raise ValueError(f"unknown baselines {unknown}; valid: {', '.join(BASELINES)}")
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1 or None, got {every_n_steps}")
-        if lr != "auto":
-            resolve_lr(lr, {})  # a bad learning rate fails here, not after the whole distillation
-        full_recipe(full_epochs, full_repeats)
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        full_recipe(recipe, repeats, full_epochs, full_repeats)  # bad counts fail here, not after distilling
         if eval_split not in ("test", "val"):
             raise ValueError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
         if full and "random" not in baselines:
             warnings.warn("full: true without the random baseline trains the full split but gives no g", stacklevel=2)
         self.architectures = list(architectures or ["convnet"])
         self.repeats = repeats
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
+        self.recipe = recipe
         self.baselines = baselines
         self.every_n_steps = every_n_steps
-        self.augment = augment
         self.network_options = network_options
         self.expert_dir = expert_dir
-        self.seed = seed
         self.full = full
         self.full_epochs = full_epochs
         self.full_repeats = full_repeats
@@ -113,12 +104,9 @@ class SynsetEvaluator(Callback):
         self._real: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         self._last_step = -1
 
-    def recipe(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """The training recipe of every network of the report, ``lr`` resolved for this set."""
-        recipe = protocol_recipe(
-            self.lr, manifest, self.epochs, self.batch_size, self.augment, self.repeats, self.seed, self.full_epochs,
-            self.full_repeats,
-        )
+    def settings(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The ``recipe`` entry of the report: how every network was trained, ``lr`` resolved for this set."""
+        recipe = protocol_recipe(self.recipe, manifest, self.repeats, self.full_epochs, self.full_repeats)
         return recipe | {"split": self.eval_split}
 
     def _evaluate(
@@ -131,12 +119,10 @@ class SynsetEvaluator(Callback):
             self._real = (*dm.split_features("train", device=device), *dm.split_features(self.eval_split, device=device))
         train_x, train_y, test_x, test_y = self._real
         results = evaluate_synset(
-            synset.features, synset.targets, train_x, train_y, test_x, test_y, synset.manifest["ipc"],
-            architectures=self.architectures, baselines=baselines, repeats=self.repeats,
-            network_options=self.network_options, epochs=self.epochs, lr=self.recipe(synset.manifest)["lr"],
-            batch_size=self.batch_size, augment=SpecAugment() if self.augment else None, expert_dir=self.expert_dir,
-            seed=self.seed, device=device, full=full, full_epochs=self.full_epochs,
-            full_repeats=self.full_repeats,
+            synset.features.to(device), synset.targets.to(device), train_x, train_y, test_x, test_y,
+            synset.manifest["ipc"], resolve_recipe(self.recipe, synset.manifest),
+            architectures=self.architectures, baselines=baselines, repeats=self.repeats, network_options=self.network_options,
+            expert_dir=self.expert_dir, full=full, full_epochs=self.full_epochs, full_repeats=self.full_repeats,
         )
         metrics = {}
         for row in results:
@@ -162,15 +148,16 @@ class SynsetEvaluator(Callback):
             self._evaluate(trainer, pl_module, baselines=[])
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        directory = run_dir(trainer)  # on every rank: the folder is broadcast under DDP
         if not trainer.is_global_zero:
             return
         synset, results = self._evaluate(trainer, pl_module, self.baselines, full=self.full)
         manifest = synset.manifest
         report = build_report(
             manifest.get("dataset", "unknown"), manifest.get("method", type(pl_module).__name__.lower()),
-            manifest["ipc"], manifest.get("features"), results, self.recipe(manifest),
+            manifest["ipc"], manifest.get("features"), results, self.settings(manifest),
         )
-        self.paths = write_report(Path(trainer.log_dir or "."), report)
+        self.paths = write_report(directory, report)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 _log_wandb(logger, report, synset.features, synset.labels, manifest.get("classes"))

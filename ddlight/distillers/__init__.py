@@ -1,8 +1,10 @@
 """Dataset distillers: LightningModules whose trainable state is the synthetic set."""
 
 from ddlight.distillers.base import Distiller
+from ddlight.distillers.dc import DC
+from ddlight.distillers.dm import DM
 from ddlight.distillers.inversion import FRAMI
 from ddlight.distillers.mtt import MTT
 from ddlight.distillers.rfad import RFAD
 
-__all__ = ["FRAMI", "MTT", "RFAD", "Distiller"]
+__all__ = ["DC", "DM", "FRAMI", "MTT", "RFAD", "Distiller"]

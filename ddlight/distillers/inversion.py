@@ -43,7 +43,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Synset
 from ddlight.distillers.kd import check_hidden_states, distil_student, has_hidden_states
-from ddlight.evaluation import accuracy, summarize
+from ddlight.recipe import accuracy, summarize
+from ddlight.runs import run_dir
 from ddlight.io import atomic_write, save_json
 from ddlight.networks import AudioNetwork, build_network
 from ddlight.networks.export import load_network
@@ -422,6 +423,7 @@ class FRAMI(Distiller):
 
     def on_train_end(self) -> None:
         super().on_train_end()  # export the set
+        directory = run_dir(self.trainer)  # on every rank: the folder is broadcast under DDP
         if not self.trainer.is_global_zero or self.hparams.student_repeats == 0:
             return
         x, y = self.trainer.datamodule.split_features(self.hparams.eval_split, device=self.device)
@@ -432,7 +434,6 @@ class FRAMI(Distiller):
         }
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=self.global_step)
-        directory = Path(self.trainer.log_dir or ".")
         save_json(directory / REPORT_JSON, self.report)
         text = markdown_report(self.report)
         atomic_write(directory / REPORT_MD, lambda tmp: tmp.write_text(text))

@@ -28,7 +28,6 @@ from jsonargparse import ArgumentParser
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ddlight.augment import SpecAugment
 from ddlight.data.base import AudioDataModule
 from ddlight.downstream.command import build_parser, run_command
 from ddlight.downstream.inputs import (
@@ -41,7 +40,8 @@ from ddlight.downstream.inputs import (
     source_set,
 )
 from ddlight.downstream.report import mean_std, write_study
-from ddlight.evaluation import accuracy, fit_network, resolve_lr, summarize
+from ddlight.evaluation import resolve_lr
+from ddlight.recipe import TrainRecipe, accuracy, fit_network, summarize
 
 STUDY = "continual"
 #: Memory sources compared by default: the distilled set, a random and a herding memory of real samples.
@@ -101,7 +101,6 @@ def incremental_run(
     network_options: dict[str, Any] | None,
     recipe: dict[str, Any],
     seed: int,
-    device: str | torch.device,
 ) -> dict[str, list[float]]:
     """One class order: after each stage a fresh network per source, trained on the seen classes' memory.
 
@@ -113,7 +112,6 @@ def incremental_run(
         network_options: Its constructor options.
         recipe: ``lr``, ``epochs``, ``batch_size`` and ``augment`` of every network.
         seed: Seed of every network of this class order.
-        device: Where to train.
 
     Returns:
         Per source, the accuracy (%) on the seen classes after each stage.
@@ -126,10 +124,10 @@ def incremental_run(
         for source, (x, targets) in memories.items():
             keep = seen_mask(targets, seen)
             network = fit_network(
-                train_x=x[keep], train_targets=restrict_targets(targets[keep], seen), num_classes=len(seen),
-                architecture=architecture, network_options=network_options, epochs=recipe["epochs"], lr=recipe["lr"],
-                batch_size=recipe["batch_size"], augment=SpecAugment() if recipe["augment"] else None, seed=seed,
-                device=device,
+                x=x[keep], targets=restrict_targets(targets[keep], seen), num_classes=len(seen),
+                recipe=TrainRecipe(epochs=recipe["epochs"], lr=recipe["lr"], batch_size=recipe["batch_size"],
+                                   augment=recipe["augment"], seed=seed),
+                architecture=architecture, network_options=network_options,
             )
             accuracies[source].append(
                 accuracy(network=network, x=data.eval_x[test], y=restrict_targets(data.eval_y[test], seen))
@@ -277,13 +275,13 @@ def run(
         "lr": resolve_lr(lr, study.manifest), "lr_requested": lr, "epochs": epochs, "batch_size": batch_size,
         "augment": augment, "repeats": repeats, "seed": seed, "split": eval_split,
     }
-    embeddings = source_embeddings(study, sources, expert_dir, seed, device)
+    embeddings = source_embeddings(study, sources, expert_dir, seed)
     orders, runs = [], []
     for r in range(repeats):
         memories = {source: source_set(study, source, per_class, embeddings, seed + r) for source in sources}
         orders.append(class_stages(study.num_classes, stages, seed + r))
         runs.append(
-            incremental_run(study, memories, orders[-1], architecture, network_options, recipe, seed + r, device)
+            incremental_run(study, memories, orders[-1], architecture, network_options, recipe, seed + r)
         )
     report = build_report(study, per_class, architecture, network_options, recipe, orders, runs)
     text = markdown(report)

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from ddlight.data.base import AudioDataModule
 from ddlight.data.synset import SynsetDataModule
-from ddlight.evaluation import BASELINES, baseline_indices, embed, embedding_network, random_subset
+from ddlight.evaluation import BASELINES, baseline_indices, embedding_network, random_subset
+from ddlight.recipe import embed
 
 #: The distilled set as a source (every other source is a baseline of :data:`ddlight.evaluation.BASELINES`).
 SYNTHETIC = "synthetic"
@@ -139,16 +140,17 @@ def check_per_class(data: StudyData, sources: Sequence[str], per_class: int) -> 
 
 
 def source_embeddings(
-    data: StudyData, sources: Sequence[str], expert_dir: str | Path | None, seed: int, device: str | torch.device
+    data: StudyData, sources: Sequence[str], expert_dir: str | Path | None, seed: int
 ) -> Tensor | None:
     """Embeddings of the real training split for herding / k-center (None when no source needs them).
 
     The embedding network is the final expert of ``expert_dir``, or a quick ConvNet trained on the real
-    training split (:func:`ddlight.evaluation.embedding_network`, as in the evaluation protocol).
+    training split (:func:`ddlight.evaluation.embedding_network`, as in the evaluation protocol), on the
+    device of the data.
     """
     if not {"herding", "kcenter"} & set(sources):
         return None
-    network = embedding_network(data.train_x, data.train_y, data.num_classes, expert_dir, seed=seed, device=device)
+    network = embedding_network(data.train_x, data.train_y, data.num_classes, expert_dir, seed=seed)
     return embed(network, data.train_x)
 
 

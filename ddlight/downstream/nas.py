@@ -37,7 +37,6 @@ from jsonargparse import ArgumentParser
 from matplotlib.figure import Figure
 from scipy.stats import rankdata
 
-from ddlight.augment import SpecAugment
 from ddlight.data.base import AudioDataModule
 from ddlight.downstream.command import build_parser, run_command
 from ddlight.downstream.inputs import (
@@ -50,8 +49,9 @@ from ddlight.downstream.inputs import (
     source_set,
 )
 from ddlight.downstream.report import mean_std, write_study
-from ddlight.evaluation import accuracy, fit_network, resolve_lr, summarize
+from ddlight.evaluation import resolve_lr
 from ddlight.networks import NETWORKS, network_options
+from ddlight.recipe import TrainRecipe, accuracy, fit_network, summarize
 
 STUDY = "nas"
 #: The reference every proxy is ranked against: the whole training split.
@@ -163,7 +163,6 @@ def train_candidates(
     epochs: int,
     recipe: dict[str, Any],
     seed: int,
-    device: str | torch.device,
 ) -> tuple[list[float], float]:
     """Train and score every candidate on one training set.
 
@@ -175,7 +174,6 @@ def train_candidates(
         epochs: Training epochs.
         recipe: ``lr``, ``batch_size`` and ``augment`` of every network.
         seed: Seed of every network.
-        device: Where to train.
 
     Returns:
         The accuracy (%) of each candidate on the evaluation split, and the seconds it all took.
@@ -184,9 +182,10 @@ def train_candidates(
     scores = []
     for candidate in space:
         network = fit_network(
-            train_x=x, train_targets=targets, num_classes=data.num_classes, architecture=candidate.architecture,
-            network_options=candidate.options, epochs=epochs, lr=recipe["lr"], batch_size=recipe["batch_size"],
-            augment=SpecAugment() if recipe["augment"] else None, seed=seed, device=device,
+            x=x, targets=targets, num_classes=data.num_classes,
+            recipe=TrainRecipe(epochs=epochs, lr=recipe["lr"], batch_size=recipe["batch_size"],
+                               augment=recipe["augment"], seed=seed),
+            architecture=candidate.architecture, network_options=candidate.options,
         )
         scores.append(accuracy(network=network, x=data.eval_x, y=data.eval_y))  # reading it out synchronises
     return scores, time.perf_counter() - start
@@ -345,7 +344,7 @@ def run(
         "lr": resolve_lr(lr, study.manifest), "lr_requested": lr, "epochs": epochs, "full_epochs": full_epochs,
         "batch_size": batch_size, "augment": augment, "repeats": repeats, "seed": seed, "split": eval_split,
     }
-    embeddings = source_embeddings(study, proxies, expert_dir, seed, device)
+    embeddings = source_embeddings(study, proxies, expert_dir, seed)
     scores: dict[str, list[list[float]]] = {name: [] for name in [*proxies, FULL]}
     seconds = dict.fromkeys(scores, 0.0)
     for r in range(repeats):
@@ -353,7 +352,7 @@ def run(
         sets[FULL] = (study.train_x, study.train_y)
         for name, (x, targets) in sets.items():
             accuracies, spent = train_candidates(
-                study, x, targets, space, recipe["full_epochs"] if name == FULL else epochs, recipe, seed + r, device
+                study, x, targets, space, recipe["full_epochs"] if name == FULL else epochs, recipe, seed + r
             )
             scores[name].append(accuracies)
             seconds[name] += spent

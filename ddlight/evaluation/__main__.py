@@ -3,7 +3,8 @@
     python -m ddlight.evaluation --synset runs/mtt_synthetic/version_0/distilled \\
         --data configs/data/synthetic.yaml [--architectures convnet resnet18] [--repeats 5] [--out DIR]
 
-``python -m ddlight.evaluation --help`` lists every option (epochs, lr, baselines, expert_dir, ...).
+``python -m ddlight.evaluation --help`` lists every option (the training recipe ``--recipe.epochs``,
+``--recipe.lr``, ``--recipe.batched``, ...; baselines, expert_dir, ...).
 
 The real dataset (``--data``: a DataModule YAML with ``class_path``/``init_args``) must be configured as
 when distilling; its training split is the pool of the random / herding / k-center baselines and its
@@ -22,11 +23,11 @@ from typing import Any, Literal
 import torch
 from jsonargparse import ArgumentParser
 
-from ddlight.augment import SpecAugment
 from ddlight.data.base import AudioDataModule
 from ddlight.data.synset import SynsetDataModule
 from ddlight.evaluation.report import build_report, markdown_table, write_report
-from ddlight.evaluation.suite import BASELINES, evaluate_synset, protocol_recipe
+from ddlight.evaluation.suite import BASELINES, evaluate_synset, protocol_recipe, resolve_recipe
+from ddlight.recipe import TrainRecipe
 
 
 def run(
@@ -34,15 +35,11 @@ def run(
     data: AudioDataModule,
     architectures: list[str] | None = None,
     repeats: int = 5,
-    epochs: int = 300,
-    lr: float | Literal["auto"] = "auto",
-    batch_size: int = 256,
+    recipe: TrainRecipe = TrainRecipe(),
     baselines: list[str] | None = None,
-    augment: bool = True,
     network_options: dict[str, dict[str, Any]] | None = None,
     expert_dir: str | None = None,
     out: str | None = None,
-    seed: int = 0,
     device: str = "cuda" if torch.cuda.is_available() else "cpu",
     full: bool = False,
     full_epochs: int | None = None,
@@ -56,19 +53,16 @@ def run(
         data: The real DataModule the set was distilled from.
         architectures: Networks to evaluate (default: convnet).
         repeats: Fresh networks per architecture and set.
-        epochs: Training epochs of each network.
-        lr: Initial SGD learning rate (×0.1 at half the epochs), or ``auto``: the set's learned step size
-            (MTT's ``syn_lr`` from its manifest), 0.01 for sets without one; used for every set.
-        batch_size: Minibatch size.
+        recipe: How every network is trained (the same for every set of the report). Its ``lr: auto``
+            (the default) is the set's learned step size (MTT's ``syn_lr`` from its manifest), 0.01 for
+            sets without one; its seed also picks the random subsets.
         baselines: Real-subset baselines (default: random, herding, kcenter).
-        augment: Train with SpecAugment.
         network_options: Constructor options per architecture.
         expert_dir: Expert trajectories for the herding / k-center embedding.
         out: Output folder (default: the parent of ``synset``).
-        seed: Base seed.
         device: Where to train.
         full: Also train on the whole training split (the reference of the gap closure ``g``).
-        full_epochs: Epochs of the full-split networks (default: ``epochs``; the report records it).
+        full_epochs: Epochs of the full-split networks (default: ``recipe.epochs``; the report records it).
         full_repeats: Networks trained on the full split (default: ``repeats``).
         eval_split: Real split the networks are tested on (``val`` to tune without the test split).
 
@@ -79,20 +73,19 @@ def run(
     synset_dm.setup("fit")
     distilled = synset_dm.synset
     manifest = distilled.manifest
-    recipe = protocol_recipe(lr, manifest, epochs, batch_size, augment, repeats, seed, full_epochs, full_repeats)
-    recipe |= {"split": eval_split}
+    settings = protocol_recipe(recipe, manifest, repeats, full_epochs, full_repeats) | {"split": eval_split}
     train_x, train_y = data.split_features("train", device=device)
     test_x, test_y = data.split_features(eval_split, device=device)
     results = evaluate_synset(
-        distilled.features, distilled.targets, train_x, train_y, test_x, test_y, distilled.manifest["ipc"],
-        architectures=architectures or ["convnet"], baselines=list(BASELINES) if baselines is None else baselines,
-        repeats=repeats, network_options=network_options, epochs=epochs, lr=recipe["lr"], batch_size=batch_size,
-        augment=SpecAugment() if augment else None, expert_dir=expert_dir, seed=seed, device=device, full=full, full_epochs=full_epochs,
+        distilled.features.to(device), distilled.targets.to(device), train_x, train_y, test_x, test_y,
+        manifest["ipc"], resolve_recipe(recipe, manifest), architectures=architectures or ["convnet"],
+        baselines=list(BASELINES) if baselines is None else baselines, repeats=repeats,
+        network_options=network_options, expert_dir=expert_dir, full=full, full_epochs=full_epochs,
         full_repeats=full_repeats,
     )
     report = build_report(
         manifest.get("dataset", data.name), manifest.get("method", "unknown"), manifest["ipc"],
-        manifest.get("features"), results, recipe,
+        manifest.get("features"), results, settings,
     )
     paths = write_report(Path(out) if out else Path(synset).resolve().parent, report)
     print(markdown_table(report), end="")

@@ -5,16 +5,19 @@ Each selector returns indices into the real training set, chosen class by class:
 * :func:`random_subset` — ``ipc`` random samples per class (the baseline every result stands beside);
 * :func:`herding` — greedy mean matching in an embedding space (Welling, ICML 2009, "Herding
   dynamical weights to learn"; the selection used by iCaRL and the DC/MTT baselines);
-* :func:`kcenter` — greedy k-center (Sener & Savarese, ICLR 2018) in an embedding space, started from
-  the sample closest to the class mean.
+* :func:`kcenter` — greedy k-center (Sener & Savarese, ICLR 2018,
+  :func:`~ddlight.recipe.kcenter_greedy`) in an embedding space, started from the sample closest to
+  the class mean.
 
-Embeddings come from a trained network's ``embed()`` (see :func:`embed`).
+Embeddings come from a trained network's ``embed()`` (see :func:`ddlight.recipe.embed`).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from ddlight.recipe import kcenter_greedy
 
 
 def _class_indices(labels: Tensor, ipc: int) -> list[Tensor]:
@@ -93,27 +96,8 @@ def kcenter(embeddings: Tensor, labels: Tensor, ipc: int) -> Tensor:
     chosen = []
     for idx in _class_indices(labels, ipc):
         z = embeddings[idx.to(embeddings.device)].double()
-        pick = int((z - z.mean(0)).norm(dim=1).argmin())
-        nearest = torch.full((len(idx),), float("inf"), dtype=z.dtype, device=z.device)
-        for _ in range(ipc):
-            chosen.append(int(idx[pick]))
-            nearest = torch.minimum(nearest, (z - z[pick]).norm(dim=1))
-            pick = int(nearest.argmax())
+        first = int((z - z.mean(0)).norm(dim=1).argmin())
+        others = torch.cat([torch.arange(first), torch.arange(first + 1, len(idx))]).to(z.device)
+        picks = kcenter_greedy(z[others], z[first : first + 1], ipc - 1)
+        chosen += [int(idx[first]), *idx[others[picks].cpu()].tolist()]
     return torch.tensor(chosen, dtype=torch.long)
-
-
-@torch.no_grad()
-def embed(network: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
-    """Embeddings ``network.embed(x)`` in eval mode, computed in batches on the network's device.
-
-    Args:
-        network: An :class:`~ddlight.networks.AudioNetwork` (anything with ``embed``).
-        x: Features ``[N, C, F, T]``.
-        batch_size: Inference batch size.
-
-    Returns:
-        Embeddings ``[N, D]`` on the network's device.
-    """
-    network.eval()
-    device = next(network.parameters()).device
-    return torch.cat([network.embed(x[i : i + batch_size].to(device)) for i in range(0, len(x), batch_size)])

@@ -9,22 +9,24 @@ and returns the ``results`` list of ``evaluation.json``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ddlight.augment import SpecAugment
-from ddlight.evaluation.coresets import embed, herding, kcenter, random_subset
-from ddlight.evaluation.protocol import evaluate, fit_network
-from ddlight.io import load_trajectories
-from ddlight.networks import AudioNetwork, build_network
+from ddlight.evaluation.coresets import herding, kcenter, random_subset
+from ddlight.evaluation.protocol import evaluate, num_classes_of
+from ddlight.networks import AudioNetwork
+from ddlight.recipe import TrainRecipe, embed, final_expert_networks, fit_network
 
 #: Baselines :func:`evaluate_synset` knows.
 BASELINES = ("random", "herding", "kcenter")
 #: Learning rate of the protocol when a set has no learned one (``lr: auto`` on a non-MTT set).
 DEFAULT_LR = 0.01
+#: How the quick stand-in for an expert is trained when no expert folder is given (herding / k-center).
+EMBEDDING_RECIPE = TrainRecipe(epochs=30, lr=DEFAULT_LR, augment=False)
 
 
 def resolve_lr(lr: float | str, manifest: Mapping[str, Any]) -> float:
@@ -48,14 +50,15 @@ def resolve_lr(lr: float | str, manifest: Mapping[str, Any]) -> float:
     return float(lr)
 
 
+def resolve_recipe(recipe: TrainRecipe, manifest: Mapping[str, Any]) -> TrainRecipe:
+    """``recipe`` with its learning rate resolved for the set of ``manifest`` (:func:`resolve_lr`)."""
+    return replace(recipe, lr=resolve_lr(recipe.lr, manifest))
+
+
 def protocol_recipe(
-    lr: float | str,
+    recipe: TrainRecipe,
     manifest: Mapping[str, Any],
-    epochs: int,
-    batch_size: int,
-    augment: bool,
     repeats: int,
-    seed: int,
     full_epochs: int | None = None,
     full_repeats: int | None = None,
 ) -> dict[str, Any]:
@@ -66,14 +69,18 @@ def protocol_recipe(
     ``repeats`` unless set).
     """
     return {
-        "lr": resolve_lr(lr, manifest), "lr_requested": lr, "epochs": epochs, "batch_size": batch_size,
-        "augment": augment, "repeats": repeats, "seed": seed, "full_epochs": full_epochs or epochs,
-        "full_repeats": full_repeats or repeats,
+        "lr": resolve_lr(recipe.lr, manifest), "lr_requested": recipe.lr, "epochs": recipe.epochs,
+        "batch_size": recipe.batch_size, "augment": recipe.augment, "repeats": repeats, "seed": recipe.seed,
+        "full_epochs": full_epochs or recipe.epochs, "full_repeats": full_repeats or repeats,
+        "optimizer": recipe.optimizer, "momentum": recipe.momentum, "weight_decay": recipe.weight_decay,
+        "lr_schedule": recipe.lr_schedule,
     }
 
 
-def full_recipe(full_epochs: int | None, full_repeats: int | None) -> dict[str, int]:
-    """Overrides of the protocol for the full-split reference (only those that are set).
+def full_recipe(
+    recipe: TrainRecipe, repeats: int, full_epochs: int | None, full_repeats: int | None
+) -> tuple[TrainRecipe, int]:
+    """The recipe and number of networks of the full-split reference (``full_*`` override when set).
 
     Raises:
         ValueError: If a count is set below 1.
@@ -81,7 +88,7 @@ def full_recipe(full_epochs: int | None, full_repeats: int | None) -> dict[str, 
     for name, value in (("full_epochs", full_epochs), ("full_repeats", full_repeats)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1 or None, got {value}")
-    return {k: v for k, v in (("epochs", full_epochs), ("repeats", full_repeats)) if v is not None}
+    return replace(recipe, epochs=full_epochs or recipe.epochs), full_repeats or repeats
 
 
 def gap_closure(synthetic: float, random: float, full: float) -> float | None:
@@ -94,37 +101,18 @@ def gap_closure(synthetic: float, random: float, full: float) -> float | None:
     return round((synthetic - random) / (full - random), 4)
 
 
-def expert_network(expert_dir: str | Path, device: str | torch.device = "cpu") -> AudioNetwork:
-    """The final (last snapshot) parameters of the first expert recorded in ``expert_dir``.
-
-    The network is rebuilt from the trajectory manifest (``network``, ``network_options``,
-    ``in_shape``, ``num_classes``); unrecorded buffers (batch-norm statistics) keep their defaults.
-    """
-    manifest, experts = load_trajectories(expert_dir, device)
-    network = build_network(
-        manifest["network"], manifest["in_shape"], manifest["num_classes"], **(manifest.get("network_options") or {})
-    ).to(device)
-    network.load_state_dict({name: snaps[-1] for name, snaps in experts[0].items()}, strict=False)
-    return network.eval()
-
-
 def embedding_network(
-    train_x: Tensor,
-    train_y: Tensor,
-    num_classes: int,
-    expert_dir: str | Path | None = None,
-    epochs: int = 30,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
+    train_x: Tensor, train_y: Tensor, num_classes: int, expert_dir: str | Path | None = None, seed: int = 0
 ) -> AudioNetwork:
-    """The network whose ``embed()`` places real samples for herding and k-center.
+    """The network whose ``embed()`` places real samples for herding and k-center (on ``train_x``'s device).
 
-    The final expert of ``expert_dir`` when given; otherwise a ConvNet trained for ``epochs`` epochs on
-    the real training features (a quick stand-in for an expert).
+    The first expert of ``expert_dir`` at its final snapshot when given; otherwise a width-64 ConvNet
+    trained with :data:`EMBEDDING_RECIPE` on the real training features (a quick stand-in for an expert).
     """
     if expert_dir is not None:
-        return expert_network(expert_dir, device)
-    return fit_network(train_x, train_y, num_classes, "convnet", {"width": 64}, epochs, seed=seed, device=device)
+        return final_expert_networks(expert_dir, train_x.device)[1][0]
+    recipe = replace(EMBEDDING_RECIPE, seed=seed)
+    return fit_network(train_x, train_y, num_classes, recipe, "convnet", {"width": 64})
 
 
 def baseline_indices(
@@ -152,17 +140,12 @@ def evaluate_synset(
     test_x: Tensor,
     test_y: Tensor,
     ipc: int,
+    recipe: TrainRecipe,
     architectures: Sequence[str] = ("convnet",),
     baselines: Sequence[str] = BASELINES,
     repeats: int = 5,
     network_options: Mapping[str, Mapping[str, Any]] | None = None,
-    epochs: int = 300,
-    lr: float = DEFAULT_LR,
-    batch_size: int = 256,
-    augment: SpecAugment | None = None,
     expert_dir: str | Path | None = None,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
     full: bool = False,
     full_epochs: int | None = None,
     full_repeats: int | None = None,
@@ -170,7 +153,7 @@ def evaluate_synset(
     """Evaluate a synthetic set beside coreset baselines of the same size, for every architecture.
 
     Every set (synthetic, baselines, full training split) is trained with the same recipe, so the gap
-    closure ``g`` compares like with like.
+    closure ``g`` compares like with like. Networks train on the device of the tensors.
 
     Args:
         synthetic_x: Synthetic features ``[K * ipc, C, F, T]``.
@@ -180,20 +163,16 @@ def evaluate_synset(
         test_x: Real test features.
         test_y: Real test labels.
         ipc: Samples per class of every baseline.
+        recipe: How every network is trained, ``lr`` resolved for the set (:func:`resolve_recipe`); its
+            seed also picks the random subset and trains the stand-in embedding network.
         architectures: Network names.
         baselines: Any of :data:`BASELINES`.
         repeats: Fresh networks per architecture and set.
         network_options: Constructor options per architecture.
-        epochs: Training epochs of every network.
-        lr: Initial learning rate.
-        batch_size: Minibatch size.
-        augment: Training augmentation (the same for every set).
         expert_dir: Trajectories whose final expert embeds the real data for herding / k-center
             (default: a quick ConvNet trained on the real training set).
-        seed: Base seed (subset choice, initialisations, batch order).
-        device: Where to train.
         full: Also train on the whole real training split (the reference of ``g``; costly).
-        full_epochs: Epochs of the full-split networks (None: ``epochs``). Fewer epochs make the
+        full_epochs: Epochs of the full-split networks (None: ``recipe.epochs``). Fewer epochs make the
             reference cheaper but lower, which raises ``g``: reports record it.
         full_repeats: Networks trained on the full split (None: ``repeats``).
 
@@ -202,28 +181,25 @@ def evaluate_synset(
         <baseline>..., "full"}`` with ``{"mean", "std", "runs"}`` each, and ``g`` (:func:`gap_closure` of
         the means) when both ``random`` and ``full`` were run.
     """
-    common = {
-        "architectures": architectures, "repeats": repeats, "network_options": network_options, "epochs": epochs,
-        "lr": lr, "batch_size": batch_size, "augment": augment, "seed": seed, "device": device,
-    }
     sets = {"synthetic": (synthetic_x, synthetic_targets)}
     embeddings = None
     if {"herding", "kcenter"} & set(baselines):
-        num_classes = int(max(train_y.max(), test_y.max())) + 1
-        network = embedding_network(train_x, train_y, num_classes, expert_dir, seed=seed, device=device)
+        network = embedding_network(train_x, train_y, num_classes_of(train_y, test_y), expert_dir, recipe.seed)
         embeddings = embed(network, train_x)
     for name in baselines:
-        idx = baseline_indices(name, train_y, ipc, embeddings, seed).to(train_x.device)
+        idx = baseline_indices(name, train_y, ipc, embeddings, recipe.seed).to(train_x.device)
         sets[name] = (train_x[idx], train_y[idx])
     if full:
         sets["full"] = (train_x, train_y)
-    per_set = {
-        name: evaluate(
-            x, targets, test_x, test_y, description=name,
-            **common | (full_recipe(full_epochs, full_repeats) if name == "full" else {}),
+    per_set = {}
+    for name, (x, targets) in sets.items():
+        if name == "full":
+            set_recipe, set_repeats = full_recipe(recipe, repeats, full_epochs, full_repeats)
+        else:
+            set_recipe, set_repeats = recipe, repeats
+        per_set[name] = evaluate(
+            x, targets, test_x, test_y, set_recipe, architectures, set_repeats, network_options, description=name
         )
-        for name, (x, targets) in sets.items()
-    }
     results = [{"architecture": arch, **{name: per_set[name][arch] for name in sets}} for arch in architectures]
     if full and "random" in sets:
         for row in results:

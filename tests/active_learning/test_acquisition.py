@@ -23,7 +23,6 @@ from ddlight.active_learning.acquisition import (
     enable_mc_dropout,
     has_dropout,
     insert_mc_dropout,
-    kcenter_greedy,
     margin,
     max_entropy,
     mc_dropout_probs,
@@ -186,31 +185,6 @@ class TestMCDropout:
         model[1].eval()  # batch norm frozen: without dropout, train mode now computes the eval output
         with torch.no_grad():
             torch.testing.assert_close(model(x), before)
-
-class TestKCenter:
-    line = torch.arange(11.0).unsqueeze(1)  # the points 0, 1, ..., 10
-
-    def test_without_labelled_points(self) -> None:
-        # Farthest from the mean 5: 0 and 10 tie -> 0; then 10; then the midpoint 5.
-        picks = kcenter_greedy(self.line, torch.empty(0, 1), k=3)
-        assert picks.tolist() == [0, 10, 5]
-
-    def test_with_labelled_points(self) -> None:
-        pool = self.line[1:]  # 1..10, index i holds the value i + 1
-        picks = kcenter_greedy(pool, torch.tensor([[0.0]]), k=3)
-        assert (pool[picks].squeeze(1)).tolist() == [10.0, 5.0, 2.0]
-
-    def test_duplicates_never_picked_twice(self) -> None:
-        picks = kcenter_greedy(torch.zeros(4, 2), torch.zeros(1, 2), k=4)
-        assert sorted(picks.tolist()) == [0, 1, 2, 3]
-
-    def test_k_checks(self) -> None:
-        assert kcenter_greedy(self.line, torch.empty(0, 1), k=0).numel() == 0
-        with pytest.raises(ValueError, match="k=12 items from a pool of 11"):
-            kcenter_greedy(self.line, torch.empty(0, 1), k=12)
-        with pytest.raises(ValueError, match=r"\[M, D\]"):
-            kcenter_greedy(self.line, torch.zeros(1, 2), k=1)
-
 
 class TestSelection:
     def test_top_k_ties_go_to_lower_index(self) -> None:

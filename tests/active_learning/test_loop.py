@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +24,7 @@ import yaml
 from torch import nn
 
 from ddlight.active_learning import (
+    AL_RECIPE,
     PAPER_BUDGETS,
     PAPER_TINY_BUDGETS,
     TOTAL,
@@ -38,6 +40,7 @@ from ddlight.active_learning.report import RESULTS_JSON, RESULTS_MD, RESULTS_PNG
 from ddlight.cli import main
 from ddlight.data.synthetic import SyntheticSounds
 from ddlight.features import FeatureConfig
+from ddlight.recipe import TrainRecipe, embed, kcenter_greedy
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SMALL_FEATURES = FeatureConfig(name="fdmfcc", n_fft=256, hop_length=256, n_mels=20, n_mfcc=10)
@@ -63,7 +66,7 @@ def learner(**kwargs: object) -> ActiveLearner:
         "budget_unit": "count",
         "increment": 5,
         "repeats": 2,
-        "epochs": 1,
+        "recipe": replace(AL_RECIPE, epochs=1),
         "mc_passes": 2,
         **kwargs,
     }
@@ -80,7 +83,7 @@ def fit(model: ActiveLearner, data: SyntheticSounds, epochs: int = -1) -> L.Trai
 
 
 class Trained(NamedTuple):
-    """One call of ``train_network`` during a study: the labelled-set size and the network."""
+    """One network trained during a study: the labelled-set size and the network."""
 
     size: int
     network: str
@@ -91,14 +94,15 @@ class Trained(NamedTuple):
 def trainings() -> Iterator[list[Trained]]:
     """Record every network the loop trains (size of its training set, architecture, dropout)."""
     trained: list[Trained] = []
-    real = loop.train_network
+    real = loop.fit_networks
 
-    def spy(network: nn.Module, x: torch.Tensor, y: torch.Tensor, *args: object) -> nn.Module:
-        trained.append(Trained(len(y), str(network), has_dropout(network)))
-        return real(network, x, y, *args)
+    def spy(build: object, x: torch.Tensor, y: torch.Tensor, *args: object) -> list[nn.Module]:
+        networks = real(build, x, y, *args)
+        trained.extend(Trained(len(y), str(network), has_dropout(network)) for network in networks)
+        return networks
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loop, "train_network", spy)
+        patch.setattr(loop, "fit_networks", spy)
         yield trained
 
 
@@ -193,6 +197,10 @@ class TestConstruction:
         with pytest.raises(ValueError, match="network_dropout must be one of .* got 'always'"):
             learner(network_dropout="always")
 
+    def test_the_recipe_needs_a_numeric_lr(self) -> None:
+        with pytest.raises(ValueError, match="recipe.lr 'auto' is the learned step size of a distilled set"):
+            learner(recipe=TrainRecipe(epochs=1))
+
     def test_bald_needs_mc_dropout(self) -> None:
         with pytest.raises(ValueError, match="BALD needs MC dropout, but network_dropout='none'"):
             learner(network_dropout="none")
@@ -284,6 +292,8 @@ class TestLoop:
         protocol = results["protocol"]
         assert protocol["repeats"] == 2 and protocol["budgets"] == [11, 20, 30] and protocol["increment"] == 5
         assert protocol["network_dropout"] == "mc" and protocol["schedule"] == [11, 16, 20, 25, 30]
+        assert (protocol["epochs"], protocol["lr"], protocol["batch_size"], protocol["seed"]) == (1, 0.01, 64, 0)
+        assert protocol["augment"] is False and "batched" not in protocol
         assert protocol["skipped_budgets"] == []
         assert [(r["network"], r["strategy"]) for r in results["results"]] == [
             ("cnn4", "max_entropy"), ("cnn4", "bald"), ("cnn4", "random")
@@ -396,7 +406,7 @@ def test_cli_fit_al_synthetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         "--data.init_args.sample_rate=8000", "--data.init_args.features.n_fft=256",
         "--data.init_args.features.hop_length=256", "--data.init_args.features.n_mels=20",
         "--data.init_args.features.n_mfcc=10",
-        "--model.init_args.networks=[cnn4]", "--model.init_args.repeats=1", "--model.init_args.epochs=1",
+        "--model.init_args.networks=[cnn4]", "--model.init_args.repeats=1", "--model.init_args.recipe.epochs=1",
         "--model.init_args.mc_passes=2", "--model.init_args.budgets=[40,60]",
     ])
     (results_path,) = tmp_path.glob("runs/al_synthetic/**/al_results.json")
@@ -411,7 +421,6 @@ def test_cli_fit_al_synthetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_kcenter_strategy_acquires_the_core_set_of_the_embeddings() -> None:
-    from ddlight.active_learning.acquisition import kcenter_greedy
     from ddlight.networks import build_network
 
     data = small_data()
@@ -423,7 +432,7 @@ def test_kcenter_strategy_acquires_the_core_set_of_the_embeddings() -> None:
     network = build_network("cnn4", SHAPE, 11, width=4)
     start = labelled[:11]
     picks = model.acquire_from_pool(network, "kcenter", start, 5, repeat=0)
-    embeddings = model.embed(network, model.pool_x)
+    embeddings = embed(network, model.pool_x)
     unlabelled = [i for i in range(model.pool_size) if i not in set(start)]
     expected = kcenter_greedy(embeddings[unlabelled], embeddings[start], 5)
     assert picks == [unlabelled[i] for i in expected.tolist()]

@@ -310,7 +310,7 @@ def test_cli_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     main(["fit", "--config", str(REPO / "configs/mtt_synthetic.yaml"), *data, "--trainer.max_steps=2",
           "--model.init_args.ipc=1", "--model.init_args.syn_steps=2", "--model.init_args.max_start_epoch=1",
           "--model.init_args.expert_epochs=1", "--trainer.enable_progress_bar=false",
-          "--trainer.callbacks.init_args.epochs=2", "--trainer.callbacks.init_args.repeats=1",
+          "--trainer.callbacks.init_args.recipe.epochs=2", "--trainer.callbacks.init_args.repeats=1",
           "--trainer.callbacks.init_args.baselines=[random]"])
     run = next((tmp_path / "runs/mtt_synthetic").rglob("distilled")).parent
     synset = load_synset(run / "distilled")

@@ -310,7 +310,7 @@ def test_cli_fit_writes_distilled_set(tmp_path: Path, monkeypatch: pytest.Monkey
         "--data.init_args.val_per_class=2", "--data.init_args.test_per_class=2", "--data.init_args.duration=0.5",
         "--data.init_args.batch_size=16", "--model.init_args.ipc=2", "--model.init_args.width=8",
         "--model.init_args.num_models=2", "--model.init_args.num_eval_models=2",
-        "--trainer.callbacks.init_args.repeats=1", "--trainer.callbacks.init_args.epochs=2",
+        "--trainer.callbacks.init_args.repeats=1", "--trainer.callbacks.init_args.recipe.epochs=2",
     ])
     (manifest,) = tmp_path.glob("runs/**/distilled/manifest.json")
     synset = load_synset(manifest.parent)

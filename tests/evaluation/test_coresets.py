@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddlight.evaluation import embed, herding, kcenter, random_subset
-from ddlight.networks import build_network
+from ddlight.evaluation import herding, kcenter, random_subset
 
 # one class on a line: points 0, 1, 2, 3, 10 (mean 3.2)
 LINE = torch.tensor([[0.0], [1.0], [2.0], [3.0], [10.0]])
@@ -43,10 +42,3 @@ def test_too_few_samples_is_a_clear_error() -> None:
                  lambda: kcenter(torch.randn(4, 2), labels, 2)):
         with pytest.raises(ValueError, match=r"\{1: 1\}.*ipc=2"):
             call()
-
-
-def test_embed_batches_like_one_pass() -> None:
-    torch.manual_seed(0)
-    net = build_network("convnet", (1, 8, 8), 3, width=4, depth=1)
-    x = torch.randn(7, 1, 8, 8)
-    assert torch.allclose(embed(net, x, batch_size=3), net.embed(x), atol=1e-6)

@@ -38,7 +38,7 @@ def test_command_writes_report_next_to_the_distilled_folder(synset_dir: Path, ca
     data = ["--data", "ddlight.data.synthetic.SyntheticSounds", "--data.features.hop_length=512", "--data.features.n_fft=1024"]
     data += [f"--data.{k}={v}" for k, v in TINY.items()]
     report = main_evaluation(["--synset", str(synset_dir), *data, "--architectures", "convnet", "mlp",
-                              "--baselines", "random", "--repeats", "2", "--epochs", "2", "--device", "cpu",
+                              "--baselines", "random", "--repeats", "2", "--recipe.epochs", "2", "--device", "cpu",
                               "--network_options", "{convnet: {width: 8, depth: 1}}"])
     written = json.loads((synset_dir.parent / "evaluation.json").read_text())
     assert written == report and written["ipc"] == 2 and written["method"] == "test"
@@ -64,7 +64,7 @@ def test_command_takes_a_data_config_file(synset_dir: Path, tmp_path: Path) -> N
     config = CONFIG.parent / "data" / "synthetic.yaml"
     overrides = [f"--data.init_args.{k}={v}" for k, v in TINY.items()]
     report = main_evaluation(["--synset", str(synset_dir), "--data", str(config), *overrides, "--baselines",
-                              "--repeats", "1", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "out"),
+                              "--repeats", "1", "--recipe.epochs", "1", "--device", "cpu", "--out", str(tmp_path / "out"),
                               "--network_options", "{convnet: {width: 8, depth: 1}}"])
     assert report["dataset"] == "synthetic"
     assert list(report["results"][0]) == ["architecture", "synthetic"]
@@ -78,7 +78,7 @@ def test_lr_auto_takes_the_learned_step_size_and_full_gives_g(synset_dir: Path, 
     manifest_path.write_text(json.dumps(manifest | {"syn_lr": 0.0234}))
     data = ["--data", "ddlight.data.synthetic.SyntheticSounds", "--data.features.hop_length=512", "--data.features.n_fft=1024"]
     data += [f"--data.{k}={v}" for k, v in TINY.items()]
-    common = ["--baselines", "random", "--repeats", "1", "--epochs", "2", "--device", "cpu",
+    common = ["--baselines", "random", "--repeats", "1", "--recipe.epochs", "2", "--device", "cpu",
               "--network_options", "{convnet: {width: 8, depth: 1}}"]
     report = main_evaluation(["--synset", str(synset_dir), *data, *common, "--full", "true", "--full_epochs", "1",
                               "--repeats", "2", "--full_repeats", "1"])
@@ -88,7 +88,9 @@ def test_lr_auto_takes_the_learned_step_size_and_full_gives_g(synset_dir: Path, 
     row = report["results"][0]
     assert list(row) == ["architecture", "synthetic", "random", "full", "g"]
     assert len(row["full"]["runs"]) == 1 and len(row["synthetic"]["runs"]) == 2
-    overridden = main_evaluation(["--synset", str(synset_dir), *data, *common, "--lr", "0.05", "--out", str(tmp_path)])
+    overridden = main_evaluation(
+        ["--synset", str(synset_dir), *data, *common, "--recipe.lr", "0.05", "--out", str(tmp_path)]
+    )
     assert overridden["recipe"]["lr"] == 0.05 and "g" not in overridden["results"][0]
     assert "lr 0.05" in (tmp_path / "evaluation.md").read_text()
 

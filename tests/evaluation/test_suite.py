@@ -1,29 +1,12 @@
-"""evaluate_synset pieces: the final expert as embedding network, baseline choice."""
+"""evaluate_synset pieces: baseline choice, the recipe entry of the report, the full-split reference."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 
-from ddlight.evaluation import baseline_indices, expert_network
-from ddlight.io import save_json, save_tensors
-from ddlight.networks import build_network
-
-
-def test_expert_network_takes_the_last_snapshot(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    start, end = (build_network("convnet", (1, 8, 8), 3, width=4, depth=1) for _ in range(2))
-    trajectory = {n: torch.stack([p0.detach(), p1.detach()]) for (n, p0), (_, p1) in
-                  zip(start.named_parameters(), end.named_parameters())}
-    save_tensors(tmp_path / "expert_000.safetensors", trajectory)
-    save_json(tmp_path / "manifest.json", {"network": "convnet", "network_options": {"width": 4, "depth": 1},
-                                           "in_shape": [1, 8, 8], "num_classes": 3,
-                                           "experts": [{"file": "expert_000.safetensors"}]})
-    network = expert_network(tmp_path)
-    x = torch.randn(5, 1, 8, 8)
-    assert torch.allclose(network.embed(x), end.eval().embed(x))
+from ddlight.evaluation import baseline_indices, full_recipe, protocol_recipe, resolve_recipe
+from ddlight.recipe import TrainRecipe
 
 
 def test_baseline_indices() -> None:
@@ -35,3 +18,21 @@ def test_baseline_indices() -> None:
         baseline_indices("herding", labels, 2, None)
     with pytest.raises(ValueError, match="unknown baseline"):
         baseline_indices("forgetting", labels, 2, embeddings)
+
+
+def test_the_report_records_the_recipe_with_the_resolved_lr() -> None:
+    recipe = TrainRecipe(epochs=20, batch_size=32, seed=4)
+    assert resolve_recipe(recipe, {"syn_lr": 0.02}) == TrainRecipe(epochs=20, lr=0.02, batch_size=32, seed=4)
+    assert protocol_recipe(recipe, {"syn_lr": 0.02}, repeats=3, full_epochs=5) == {
+        "lr": 0.02, "lr_requested": "auto", "epochs": 20, "batch_size": 32, "augment": True, "repeats": 3,
+        "seed": 4, "full_epochs": 5, "full_repeats": 3, "optimizer": "sgd", "momentum": 0.9,
+        "weight_decay": 5e-4, "lr_schedule": "step",
+    }
+
+
+def test_full_recipe() -> None:
+    recipe = TrainRecipe(epochs=20, lr=0.1)
+    assert full_recipe(recipe, 5, None, None) == (recipe, 5)
+    assert full_recipe(recipe, 5, 7, 1) == (TrainRecipe(epochs=7, lr=0.1), 1)
+    with pytest.raises(ValueError, match="full_epochs must be >= 1 or None, got 0"):
+        full_recipe(recipe, 5, 0, None)
