@@ -7,8 +7,10 @@ command exactly as a user would (experts first), with one shared evaluator: ``--
 (MTT's learned ``syn_lr``, 0.01 for RFAD). The real-subset baselines and the full training split are
 evaluated in this process with the same networks, epochs and augmentation at lr 0.01 (the protocol's
 rate for sets without a learned one; the one difference from the distilled sets' recipe), once per ipc
-and seed, herding and k-center in the embedding of the final expert. Each cell is the mean ± std over seeds of
-the per-seed mean accuracy, and ``g = (distilled - random) / (full - random)`` of the means.
+and seed, herding and k-center in the embedding of the final expert. The table is
+:mod:`ddlight.evaluation.comparison`'s, with the baselines of each run's seed added to its report: each cell
+is the mean ± std over seeds of the per-seed mean accuracy, and ``g = (distilled - random) / (full - random)``
+of the means; it is also written to ``comparison.json`` / ``.md`` / ``.png`` in the work folder.
 
 Finished runs and baselines under ``--out`` are reused, so an interrupted table resumes. Tune with
 ``--split val``; the table in BENCHMARKS.md is measured on the test split.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +36,9 @@ from jsonargparse import ArgumentParser
 from benchmarks.report import machine, write_section
 from ddlight.cli import main as ddlight
 from ddlight.data.base import AudioDataModule
-from ddlight.evaluation import DEFAULT_LR, baseline_indices, evaluate, gap_closure
+from ddlight.evaluation import BASELINES, DEFAULT_LR, baseline_indices, evaluate
+from ddlight.evaluation.comparison import FULL, STEM, compare, figure, markdown
+from ddlight.evaluation.report import read_report, write_study
 from ddlight.io import load_json, save_json
 from ddlight.recipe import TrainRecipe, embed, final_expert_networks
 
@@ -55,8 +58,8 @@ def evaluator_args(split: str, epochs: int, repeats: int, seed: int) -> list[str
     ]
 
 
-def distill(method: str, dataset: str, out: Path, ipc: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One distillation run through the CLI (reused when finished); returns its evaluation.json."""
+def distill(method: str, dataset: str, out: Path, ipc: int, seed: int, args: argparse.Namespace) -> Path:
+    """One distillation run through the CLI (reused when finished); returns the path of its evaluation.json."""
     done = sorted(out.rglob("evaluation.json"))
     if not done:
         # MTT reads the experts; RFAD's own seed draws its random networks and real batches
@@ -70,7 +73,7 @@ def distill(method: str, dataset: str, out: Path, ipc: int, seed: int, args: arg
             *evaluator_args(args.split, args.epochs, args.repeats, seed), *args.method_args.get(method, []),
         ])
         done = sorted(out.rglob("evaluation.json"))
-    return load_json(done[-1])
+    return done[-1]
 
 
 def load_data(dataset: str, data_args: list[str]) -> AudioDataModule:
@@ -111,31 +114,16 @@ def baselines(data: AudioDataModule, ipcs: list[int], args: argparse.Namespace) 
     return cache
 
 
-def cell(values: list[float]) -> str:
-    """``mean ± std`` over seeds (sample std)."""
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.1f} ± {std:.1f}"
+def with_baselines(report: dict[str, Any], base: dict[str, Any], full_epochs: int) -> dict[str, Any]:
+    """A run's report with the baselines and the full split of its ipc and seed (their means) in its rows.
 
-
-def table(results: dict[str, dict[int, list[float]]], base: dict[str, Any], args: argparse.Namespace) -> str:
-    """Markdown: one row per method and ipc, baselines beside it, g of the means."""
-    full = [base[f"full/{s}"] for s in args.seeds]
-    lines = [
-        "| method | ipc | distilled | random | herding | k-center | full | g | g target |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for method, per_ipc in results.items():
-        for ipc, values in per_ipc.items():
-            rand = [base[f"random/{ipc}/{s}"] for s in args.seeds]
-            herd = [base[f"herding/{ipc}/{s}"] for s in args.seeds]
-            kc = [base[f"kcenter/{ipc}/{s}"] for s in args.seeds]
-            g = gap_closure(statistics.fmean(values), statistics.fmean(rand), statistics.fmean(full))
-            target = 0.5 if ipc == 1 else 0.4
-            lines.append(
-                f"| {method.upper()} | {ipc} | **{cell(values)}** | {cell(rand)} | {cell(herd)} | {cell(kc)} | "
-                f"{cell(full)} | {g if g is not None else '–'} | {target} |"
-            )
-    return "\n".join(lines)
+    Its recipe records how that full split was trained (``full_epochs``, one network per seed).
+    """
+    ipc, seed = report["ipc"], report["recipe"]["seed"]
+    references = {name: {"mean": base[f"{name}/{ipc}/{seed}"]} for name in BASELINES}
+    references[FULL] = {"mean": base[f"full/{seed}"]}
+    recipe = report["recipe"] | {"full_epochs": full_epochs, "full_repeats": 1}
+    return report | {"recipe": recipe, "results": [row | references for row in report["results"]]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,22 +151,24 @@ def main(argv: list[str] | None = None) -> None:
         ddlight(["fit", "--config", str(REPO / f"configs/expert_{args.dataset}.yaml"), *args.data_args, *QUIET,
                  f"--trainer.callbacks.init_args.dirpath={args.out / 'experts'}",
                  f"--trainer.logger.init_args.save_dir={args.out / 'expert_runs'}", "--test_after_fit=false"])
-    results: dict[str, dict[int, list[float]]] = {}
-    for method in args.methods:
-        for ipc in args.ipc:
-            for seed in args.seeds:
-                folder = f"{method}_ipc{ipc}_seed{seed}" + ("_val" if args.split == "val" else "")
-                report = distill(method, args.dataset, args.out / folder, ipc, seed, args)
-                results.setdefault(method, {}).setdefault(ipc, []).append(report["results"][0]["synthetic"]["mean"])
+    suffix = "_val" if args.split == "val" else ""
+    runs = [
+        distill(method, args.dataset, args.out / f"{method}_ipc{ipc}_seed{seed}{suffix}", ipc, seed, args)
+        for method in args.methods for ipc in args.ipc for seed in args.seeds
+    ]
     base = baselines(load_data(args.dataset, args.data_args), args.ipc, args)
     minutes = (time.time() - started) / 60
-    text = table(results, base, args)
+    reports = {path: with_baselines(read_report(path), base, args.full_epochs) for path in runs}
+    comparison = compare(reports, split=args.split)
+    text = markdown(comparison)
+    write_study(args.out, STEM, comparison, text, figure(comparison))
     section = (
         f"### Quality: {args.name} ({args.split} split)\n\n"
         f"`python -m benchmarks.quality {' '.join(argv or [])}`: {machine()}; {minutes:.0f} min wall for what was not "
         f"reused. Accuracy %, mean ± std over seeds {args.seeds} (each seed: the mean of {args.repeats} width-64 ConvNets, "
         f"{args.epochs} epochs, SpecAugment, last epoch; distilled sets at their learned lr (lr auto), real subsets "
-        f"and the full split ({args.full_epochs} epochs, one network per seed) at lr {DEFAULT_LR}).\n\n{text}\n"
+        f"and the full split ({args.full_epochs} epochs, one network per seed) at lr {DEFAULT_LR}). "
+        f"Targets: g ≥ 0.5 at ipc 1, 0.4 at ipc 10.\n\n{text}\n"
     )
     print(section)
     if args.write:

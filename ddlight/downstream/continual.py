@@ -39,8 +39,8 @@ from ddlight.downstream.inputs import (
     source_embeddings,
     source_set,
 )
-from ddlight.downstream.report import mean_std, write_study
 from ddlight.evaluation import resolve_lr
+from ddlight.evaluation.report import errorbar_figure, mean_std, write_study
 from ddlight.recipe import TrainRecipe, accuracy, fit_network, summarize
 
 STUDY = "continual"
@@ -198,22 +198,11 @@ def markdown(report: dict[str, Any]) -> str:
 
 def figure(report: dict[str, Any]) -> Figure:
     """Accuracy against the number of classes seen, one line (± std) per memory source."""
-    fig = Figure(figsize=(5.5, 4))
-    ax = fig.subplots()
-    for row in report["results"]:
-        stages = row["stages"]
-        ax.errorbar(
-            [s["classes"] for s in stages], [s["mean"] for s in stages], yerr=[s["std"] for s in stages],
-            marker="o", capsize=3, label=row["source"],
-        )
-    ax.set(
-        title=f"class-incremental, {report['memory_per_class']} per class ({report['dataset']}, {report['method']})",
-        xlabel="classes seen", ylabel=f"{report['recipe']['split']} accuracy (%)",
+    return errorbar_figure(
+        {row["source"]: [(s["classes"], s) for s in row["stages"]] for row in report["results"]},
+        f"class-incremental, {report['memory_per_class']} per class ({report['dataset']}, {report['method']})",
+        "classes seen", f"{report['recipe']['split']} accuracy (%)",
     )
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig
 
 
 def run(

@@ -48,8 +48,8 @@ from ddlight.downstream.inputs import (
     source_embeddings,
     source_set,
 )
-from ddlight.downstream.report import mean_std, write_study
 from ddlight.evaluation import resolve_lr
+from ddlight.evaluation.report import mean_std, write_study
 from ddlight.networks import NETWORKS, network_options
 from ddlight.recipe import TrainRecipe, accuracy, fit_network, summarize
 
