@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
+from matplotlib.figure import Figure
 
 from ddlight.data.base import AudioDataModule
+from ddlight.evaluation.report import write_study
 
 
 def build_parser(
@@ -52,3 +55,12 @@ def run_command(run: Callable[..., Any], parser: ArgumentParser, args: Sequence[
     """Parse ``args`` (None: the command line), build the DataModule and call ``run`` with every option."""
     init = parser.instantiate(parser.parse_args(None if args is None else list(args)))
     return run(**{name: init[name] for name in inspect.signature(run).parameters})
+
+
+def publish(
+    stem: str, title: str, report: dict[str, Any], text: str, figure: Figure, out: str | None, synset: str
+) -> None:
+    """Write a study's JSON/Markdown/PNG into ``out`` (default: the folder above the set) and print its tables."""
+    paths = write_study(Path(out) if out else Path(synset).resolve().parent, stem, report, text, figure)
+    print(text, end="")
+    print(f"{title} study written to {', '.join(map(str, paths))}")

@@ -20,7 +20,6 @@ step size, 0.01 without one), and a repeat's networks share their seed. Writes `
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -29,7 +28,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ddlight.data.base import AudioDataModule
-from ddlight.downstream.command import build_parser, run_command
+from ddlight.downstream.command import build_parser, publish, run_command
 from ddlight.downstream.inputs import (
     SOURCES,
     StudyData,
@@ -40,7 +39,7 @@ from ddlight.downstream.inputs import (
     source_set,
 )
 from ddlight.evaluation import resolve_lr
-from ddlight.evaluation.report import errorbar_figure, mean_std, write_study
+from ddlight.evaluation.report import errorbar_figure, mean_std
 from ddlight.recipe import TrainRecipe, accuracy, fit_network, summarize
 
 STUDY = "continual"
@@ -273,10 +272,7 @@ def run(
             incremental_run(study, memories, orders[-1], architecture, network_options, recipe, seed + r)
         )
     report = build_report(study, per_class, architecture, network_options, recipe, orders, runs)
-    text = markdown(report)
-    paths = write_study(Path(out) if out else Path(synset).resolve().parent, STUDY, report, text, figure(report))
-    print(text, end="")
-    print(f"continual-learning study written to {', '.join(map(str, paths))}")
+    publish(STUDY, "continual-learning", report, markdown(report), figure(report), out, synset)
     return report
 
 

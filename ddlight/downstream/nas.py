@@ -28,7 +28,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -38,7 +37,7 @@ from matplotlib.figure import Figure
 from scipy.stats import rankdata
 
 from ddlight.data.base import AudioDataModule
-from ddlight.downstream.command import build_parser, run_command
+from ddlight.downstream.command import build_parser, publish, run_command
 from ddlight.downstream.inputs import (
     SOURCES,
     StudyData,
@@ -49,7 +48,7 @@ from ddlight.downstream.inputs import (
     source_set,
 )
 from ddlight.evaluation import resolve_lr
-from ddlight.evaluation.report import mean_std, write_study
+from ddlight.evaluation.report import mean_std
 from ddlight.networks import NETWORKS, network_options
 from ddlight.recipe import TrainRecipe, accuracy, fit_network, summarize
 
@@ -357,10 +356,7 @@ def run(
             scores[name].append(accuracies)
             seconds[name] += spent
     report = build_report(study, space, recipe, top_k, scores, seconds)
-    text = markdown(report)
-    paths = write_study(Path(out) if out else Path(synset).resolve().parent, STUDY, report, text, figure(report))
-    print(text, end="")
-    print(f"architecture-search study written to {', '.join(map(str, paths))}")
+    publish(STUDY, "architecture-search", report, markdown(report), figure(report), out, synset)
     return report
 
 
