@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     write_study(args.out, STEM, comparison, text, figure(comparison))
     section = (
         f"### Quality: {args.name} ({args.split} split)\n\n"
-        f"`python -m benchmarks.quality {' '.join(argv or [])}`: {machine()}; {minutes:.0f} min wall for what was not "
+        f"`python -m benchmarks.quality {' '.join(sys.argv[1:] if argv is None else argv)}`: {machine()}; {minutes:.0f} min wall for what was not "
         f"reused. Accuracy %, mean ± std over seeds {args.seeds} (each seed: the mean of {args.repeats} width-64 ConvNets, "
         f"{args.epochs} epochs, SpecAugment, last epoch; distilled sets at their learned lr (lr auto), real subsets "
         f"and the full split ({args.full_epochs} epochs, one network per seed) at lr {DEFAULT_LR}). "
