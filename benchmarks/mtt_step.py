@@ -113,14 +113,14 @@ def full_update(cell: dict) -> None:
     """One update of ddlight's full unroll."""
     mtt, start, target = cell["mtt"], cell["start"], cell["target"]
     mtt.synthetic.grad = mtt.syn_lr.grad = None
-    trajectory_loss(mtt.unroll(start), start, target).backward()
+    trajectory_loss(mtt.unroll(start, mtt.plan(torch.Generator())), start, target).backward()
 
 
 def checkpointed_update(cell: dict) -> None:
     """One update of ddlight's checkpointed unroll."""
     mtt = cell["mtt"]
     mtt.synthetic.grad = mtt.syn_lr.grad = None
-    mtt.checkpointed_backward(cell["start"], cell["target"], mtt.plan())
+    mtt.checkpointed_backward(cell["start"], cell["target"], mtt.plan(torch.Generator()))
 
 
 UPDATES: dict[str, Callable[[dict], None]] = {

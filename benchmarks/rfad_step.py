@@ -2,7 +2,7 @@
 
 One step samples M random ConvNets, maps the real batch (no gradient) and the synthetic set (with
 gradient) to random features, solves the float64 kernel ridge regression and back-propagates the loss to
-the set — :meth:`ddlight.distillers.rfad.RFAD.gradients` plus the Adam update. Inputs are FD-MFCC-shaped
+the set — :meth:`ddlight.distillers.rfad.RFAD.regression_loss`, its gradient and the Adam update. Inputs are FD-MFCC-shaped
 ``3 x 20 x 32`` features (SyntheticSounds at 1 s, hop 512), 11 classes, ipc 10. The result replaces the
 ``RFAD step time`` section of ``BENCHMARKS.md``.
 
@@ -29,9 +29,9 @@ def step_seconds(model: RFAD, optimizer: torch.optim.Optimizer, batch_size: int,
     x, y = torch.randn(batch_size, *SHAPE), torch.randint(0, CLASSES, (batch_size,))
     start = time.perf_counter()
     for step in range(repeats):
-        _, _, grads = model.gradients(x, y, step)
-        for param, grad in zip(model.trainable(), grads):
-            param.grad = grad.to(param.dtype)
+        loss, _ = model.regression_loss(x, y, model.random_networks(step))
+        for param, grad in zip(model.trained_tensors(), torch.autograd.grad(loss, model.trained_tensors())):
+            param.grad = grad
         optimizer.step()
         optimizer.zero_grad()
     return (time.perf_counter() - start) / repeats

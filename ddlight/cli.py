@@ -5,7 +5,9 @@
 
 The DataModule's ``num_classes`` and ``feature_shape`` are linked into the model's ``num_classes`` and
 ``in_shape``, so no config hard-codes them. After ``fit`` the test split is evaluated
-(``--test_after_fit false`` turns that off). When a model or DataModule refuses its arguments (an absurd
+(``--test_after_fit false`` turns that off); a distiller's set is evaluated by its
+:class:`~ddlight.callbacks.SynsetEvaluator` at the end of ``fit`` instead, and
+``ddlight test --config ... --ckpt_path PATH`` evaluates the set of a checkpoint the same way. When a model or DataModule refuses its arguments (an absurd
 ``ipc``, a folder that holds no distilled set, ...), its own error is raised, not the argument parser's
 dump of every class it tried.
 """
@@ -22,9 +24,10 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from ddlight import active_learning, data, tasks  # noqa: F401  (see below)
-from ddlight.callbacks import SaveOnInterrupt, StepProgressBar
+from ddlight.callbacks import SaveOnInterrupt, StepProgressBar, SynsetEvaluator
 from ddlight.distillers import Distiller
 from ddlight.runs import run_dir
 
@@ -76,8 +79,8 @@ class DDLightCLI(LightningCLI):
 
         Without a ``ModelCheckpoint`` of its own, a run that checkpoints (Lightning's default) saves
         ``last.ckpt`` (and Lightning's latest ``epoch=E-step=S.ckpt``) at the end of every epoch of its
-        training loader (for distillers, whose loader only clocks the steps, every ``len(train loader)``
-        updates) and on SIGTERM/SIGINT
+        training loader (for distillers, whose loader is never read, every ``len(train loader)`` updates)
+        and on SIGTERM/SIGINT
         (:class:`~ddlight.callbacks.SaveOnInterrupt`), into ``<run dir>/checkpoints``. Resume with
         ``--ckpt_path last`` and the logger's version of that run
         (``--trainer.logger.init_args.version N`` for the CSV and TensorBoard loggers). A distiller's
@@ -90,15 +93,50 @@ class DDLightCLI(LightningCLI):
         if trainer_config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in configured):
             added.append(ModelCheckpoint(save_last=True))
         if isinstance(self.model, Distiller) and trainer_config.get("enable_progress_bar") is not False:
-            added.append(StepProgressBar())  # distillers count updates, not batches of their clock loader
+            added.append(StepProgressBar())  # distillers count updates, not batches of their unread loader
         if added:
             kwargs["callbacks"] = [*configured, *added]
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
-        """Evaluate on the test split once training is done (the accuracy every run reports)."""
-        if self.config[self.subcommand].get("test_after_fit") and not self.trainer.interrupted:
+        """Evaluate on the test split once training is done (the accuracy every run reports).
+
+        Not for a distiller: its SynsetEvaluator has evaluated the set at the end of training already.
+        """
+        if isinstance(self.model, Distiller) or self.trainer.interrupted:
+            return
+        if self.config[self.subcommand].get("test_after_fit"):
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
+
+    def before_test(self) -> None:
+        """A distiller is tested on the set of a checkpoint, by its SynsetEvaluator: refuse without either."""
+        if not isinstance(self.model, Distiller):
+            return
+        self._require_checkpoint("test")
+        if not any(isinstance(callback, SynsetEvaluator) for callback in self.trainer.callbacks):
+            sys.exit(f"{type(self.model).__name__}: `ddlight test` evaluates the set with the SynsetEvaluator callback; "
+                     "add it: --trainer.callbacks+=callbacks/synset_evaluator.yaml")
+
+    def before_validate(self) -> None:
+        """A distiller is validated by its own measure, on the set of a checkpoint: refuse without either."""
+        if not isinstance(self.model, Distiller):
+            return
+        if not is_overridden("validation_step", self.model):
+            sys.exit(f"{type(self.model).__name__} has no validation measure of its own; "
+                     "`ddlight test --ckpt_path PATH` evaluates its set with the evaluation protocol")
+        self._require_checkpoint("validate")
+
+    def before_predict(self) -> None:
+        """Distillers do not predict: refuse in one line."""
+        if isinstance(self.model, Distiller):
+            sys.exit(f"{type(self.model).__name__} does not predict: a distiller's output is its distilled set "
+                     "(distilled/synset.safetensors); train a network on it with configs/synset_eval.yaml")
+
+    def _require_checkpoint(self, subcommand: str) -> None:
+        """Exit with one line unless ``--ckpt_path`` names the checkpoint whose set is to be evaluated."""
+        if self.config[subcommand].get("ckpt_path") is None:
+            sys.exit(f"{type(self.model).__name__}: this set was never trained; pass --ckpt_path PATH, a checkpoint "
+                     f"of its fit (e.g. runs/<run>/checkpoints/last.ckpt), to {subcommand} the set it holds")
 
 
 def _raised_in_jsonargparse(traceback: TracebackType | None) -> bool:

@@ -12,10 +12,11 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 class StepProgressBar(TQDMProgressBar):
     """One bar for the whole run, ``step / max_steps``, with the logged loss (and ``syn_lr``) as postfix.
 
-    Distillers train for ``trainer.max_steps`` updates while their DataModule's batches only clock the
-    steps, so Lightning's per-epoch bar ("Epoch k: i/18") says nothing about how far the run is. This bar
-    is returned by :meth:`~ddlight.distillers.Distiller.configure_callbacks` and replaces Lightning's
-    default bar; a resumed run starts it at the restored step. Validation and test bars are unchanged.
+    Distillers train for ``trainer.max_steps`` updates, and their DataModule's training loader, never
+    read, only sets how many updates make an epoch, so Lightning's per-epoch bar ("Epoch k: i/18") says
+    nothing about how far the run is. ``ddlight`` adds this bar for distillers in place of Lightning's
+    default (:meth:`ddlight.cli.DDLightCLI.instantiate_trainer`); a resumed run starts it at the restored
+    step. Validation and test bars are unchanged.
     """
 
     def on_train_start(self, trainer: L.Trainer, *_: Any) -> None:

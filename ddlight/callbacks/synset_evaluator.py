@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
@@ -38,6 +39,10 @@ class SynsetEvaluator(Callback):
     the run's folder (:func:`ddlight.runs.run_dir`) and prints the table and paths (at ``on_fit_end``, after the distiller's
     export). With a :class:`WandbLogger` it also logs a
     results table and an image grid of the synthetic features per class. Runs on rank 0 only.
+
+    Under ``trainer.test`` (``ddlight test --ckpt_path PATH``) it evaluates the tested set the same way at
+    the end of the test epoch, logs the accuracies as the test's metrics and writes the report into the
+    test run's folder.
 
     Args:
         architectures: Networks to evaluate (names of :data:`ddlight.networks.NETWORKS`).
@@ -115,7 +120,8 @@ class SynsetEvaluator(Callback):
 
     def _evaluate(
         self, trainer: L.Trainer, pl_module: L.LightningModule, baselines: list[str], full: bool | str = False
-    ) -> tuple[Any, list]:
+    ) -> tuple[Any, list, dict[str, float]]:
+        """The set of ``pl_module``, the protocol's results on it and their ``eval/*`` metrics."""
         synset = pl_module.to_synset()
         device = pl_module.device
         if self._real is None:  # the real features do not change during a run: compute them once
@@ -134,9 +140,12 @@ class SynsetEvaluator(Callback):
             for name in ["synthetic", *baselines]:
                 suffix = "acc" if name == "synthetic" else f"{name}_acc"
                 metrics[f"eval/{row['architecture']}_{suffix}"] = row[name]["mean"]
+        return synset, results, metrics
+
+    @staticmethod
+    def _log(trainer: L.Trainer, metrics: dict[str, float]) -> None:
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        return synset, results
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._real = None
@@ -150,13 +159,36 @@ class SynsetEvaluator(Callback):
             return
         self._last_step = step
         if trainer.is_global_zero:
-            self._evaluate(trainer, pl_module, baselines=[])
+            self._log(trainer, self._evaluate(trainer, pl_module, baselines=[])[2])
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         directory = run_dir(trainer)  # on every rank: the folder is broadcast under DDP
         if not trainer.is_global_zero:
             return
-        synset, results = self._evaluate(trainer, pl_module, self.baselines, full=self.full)
+        synset, results, metrics = self._evaluate(trainer, pl_module, self.baselines, full=self.full)
+        self._log(trainer, metrics)
+        self._report(directory, trainer, pl_module, synset, results)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._real = None
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Evaluate the tested set and log its accuracies as the test's metrics (``trainer.test`` returns them)."""
+        directory = run_dir(trainer)  # on every rank: the folder is broadcast under DDP
+        if not trainer.is_global_zero:
+            return
+        with torch.inference_mode(False), torch.enable_grad():  # the test loop runs in inference mode
+            synset, results, metrics = self._evaluate(trainer, pl_module, self.baselines, full=self.full)
+        pl_module.log_dict(metrics)
+        self._report(directory, trainer, pl_module, synset, results)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.on_fit_end(trainer, pl_module)
+
+    def _report(
+        self, directory: Path, trainer: L.Trainer, pl_module: L.LightningModule, synset: Any, results: list
+    ) -> None:
+        """Write ``evaluation.json``/``.md`` into ``directory`` (and W&B's table) and keep the table to print."""
         manifest = synset.manifest
         report = build_report(
             manifest.get("dataset", "unknown"), manifest.get("method", type(pl_module).__name__.lower()),
@@ -169,7 +201,7 @@ class SynsetEvaluator(Callback):
         self._table = markdown_table(report)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Print the table and the report paths after everything else of ``fit`` (the export included)."""
+        """Print the table and the report paths after everything else of ``fit`` (the export included) or ``test``."""
         if trainer.is_global_zero and self.paths is not None:
             print(self._table, end="")
             print(f"evaluation written to {self.paths[0]} and {self.paths[1]}")

@@ -4,14 +4,12 @@ DC: Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching" (ICLR 20
 "Dataset Condensation with Differentiable Siamese Augmentation" (ICML 2021) is DC with
 ``siamese_augment=True``. This module also holds :class:`Condensation`, what DC, DSA and DM
 (:mod:`ddlight.distillers.dm`) share: per-class real batches drawn from the training split held on the
-device, a freshly initialised network every step, siamese augmentation draws, and the guarded,
-rank-averaged SGD step on the synthetic set.
+device, a freshly initialised network every step, siamese augmentation draws and SGD on the set.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -20,8 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ddlight.augment import SpecAugment
-from ddlight.distillers.base import Distiller, Synset, derive_seed
-from ddlight.distillers.rfad import average_across_ranks
+from ddlight.distillers.base import Distiller, Synset
 from ddlight.networks import AudioNetwork, build_network
 
 #: ``(outer_loop, inner_loop)`` of the original DC/DSA code (``get_loops``) by images per class.
@@ -90,14 +87,10 @@ class Condensation(Distiller):
     """Shared machinery of DC, DSA and DM: class-wise matching against freshly initialised networks.
 
     At fit start the normalised training split is held on the device. Every training step draws its
-    random numbers (network initialisation, real batches, augmentation) from a CPU generator seeded by
-    ``seed``, the global step, the DDP rank and the number of consecutive skipped steps, so runs repeat
-    and resume exactly, ranks draw differently, and a skipped step is retried with new draws. Gradients
-    of the set are averaged over ranks before each SGD update (momentum ``momentum``), so the set stays
-    identical on every rank.
-
-    A step whose loss or gradient is not finite is skipped with a warning; ``max_bad_steps``
-    consecutive skipped steps stop training with a ``RuntimeError``.
+    random numbers (network initialisation, real batches, augmentation) from :meth:`step_generator`:
+    runs repeat and resume exactly, ranks draw differently, and a skipped step is retried with new
+    draws. The set is updated with SGD (momentum ``momentum``) through the base's step loop, which
+    averages the gradients over ranks and skips non-finite updates.
 
     Args:
         in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
@@ -116,6 +109,8 @@ class Condensation(Distiller):
         max_bad_steps: Consecutive non-finite steps tolerated before stopping.
     """
 
+    needs_real_data = True
+
     def __init__(
         self,
         in_shape: tuple[int, int, int],
@@ -131,16 +126,14 @@ class Condensation(Distiller):
         seed: int | None,
         max_bad_steps: int,
     ) -> None:
-        super().__init__(in_shape, num_classes, ipc, init)
+        super().__init__(in_shape, num_classes, ipc, init, seed=seed, max_bad_steps=max_bad_steps)
         if lr_img <= 0 or not 0 <= momentum < 1:
             raise ValueError(f"need lr_img > 0 and 0 <= momentum < 1, got {lr_img}, {momentum}")
-        if min(batch_real, max_bad_steps) < 1:
-            raise ValueError(f"batch_real and max_bad_steps must be >= 1, got {batch_real}, {max_bad_steps}")
+        if batch_real < 1:
+            raise ValueError(f"batch_real must be >= 1, got {batch_real}")
         with torch.random.fork_rng(devices=[]):  # a bad network or option fails here, before the data loads
             build_network(network, in_shape, num_classes, **dict(network_options or {}))
         self.augment = SpecAugment(enabled=siamese_augment)
-        self.seed = seed
-        self.bad_steps = 0
         self._real: tuple[Tensor, list[Tensor]] | None = None
 
     # ---------------------------------------------------------------------------------- real data
@@ -175,9 +168,8 @@ class Condensation(Distiller):
 
     # ----------------------------------------------------------------------------- random draws
     def step_generator(self) -> torch.Generator:
-        """CPU generator of this step's draws: ``seed``, global step, rank and skipped-step count."""
-        seed = derive_seed("condensation", self.seed, self.global_step, self.global_rank, self.bad_steps)
-        return torch.Generator().manual_seed(seed)
+        """CPU generator of this step's draws (:meth:`~ddlight.distillers.base.Distiller.step_seed`)."""
+        return torch.Generator().manual_seed(self.step_seed("condensation"))
 
     def random_network(self, generator: torch.Generator) -> AudioNetwork:
         """A freshly initialised network (initialisation seeded from ``generator``) on this device, in train mode."""
@@ -195,51 +187,8 @@ class Condensation(Distiller):
         return siamese_augment(self.augment, real, seed), siamese_augment(self.augment, syn, seed)
 
     # ------------------------------------------------------------------------------------- update
-    def on_fit_start(self) -> None:
-        """Initialise the set (once), resolve the run's seed, hold the normalised training split on the device."""
-        super().on_fit_start()
-        if self.seed is None:
-            self.seed = torch.initial_seed() % 2**63
-        self.hold_real_data(*self.trainer.datamodule.split_features("train", device=self.device))
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD([self.synthetic], lr=self.hparams.lr_img, momentum=self.hparams.momentum)
-
-    def update_set(self, loss: Tensor, last: bool) -> Tensor | None:
-        """One SGD step of the set on the rank-averaged gradient of ``loss``; None if it was skipped.
-
-        Args:
-            loss: Matching loss, differentiable w.r.t. the set.
-            last: The last update of this training step: it goes through Lightning's optimizer and
-                advances the global step (earlier ones step the wrapped optimizer directly).
-
-        Returns:
-            The rank-averaged loss, or None when the step was skipped as non-finite.
-
-        Raises:
-            RuntimeError: After ``max_bad_steps`` consecutive non-finite steps.
-        """
-        (grad,) = torch.autograd.grad(loss, self.synthetic)
-        loss, grad = average_across_ranks([loss.detach(), grad])  # every rank joins, finite or not
-        name = type(self).__name__
-        if not (torch.isfinite(loss) and torch.isfinite(grad).all()):
-            self.bad_steps += 1
-            warnings.warn(f"{name} step {self.global_step}: non-finite loss or gradient, update skipped", stacklevel=2)
-            if self.bad_steps >= self.hparams.max_bad_steps:
-                raise RuntimeError(
-                    f"{name}: {self.bad_steps} consecutive non-finite steps (last at step {self.global_step}); "
-                    f"lower lr_img and rerun"
-                )
-            return None
-        self.bad_steps = 0
-        self.synthetic.grad = grad
-        optimizer = self.optimizers()
-        if last:
-            optimizer.step()
-        else:
-            optimizer.optimizer.step()
-        optimizer.zero_grad()
-        return loss
 
     # -------------------------------------------------------------------------------------- export
     def export_extras(self) -> dict[str, Any]:
@@ -256,7 +205,9 @@ class DC(Condensation):
     samples of the class, and takes one SGD step of the set on it. Between updates the network is
     trained ``inner_loop`` epochs on the (detached) synthetic set, with minibatches of ``batch_train``,
     SGD at ``lr_net`` and, for DSA, per-sample augmentation (the original's inner loop). One training
-    step advances the global step by one, so ``trainer.max_steps`` is the original's ``Iteration``.
+    step advances the global step by one, so ``trainer.max_steps`` is the original's ``Iteration``; a
+    non-finite update skips the rest of the iteration, which is retried with new draws. ``train/loss``
+    is the matching loss of the last update.
 
     Args:
         in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
@@ -340,22 +291,16 @@ class DC(Condensation):
                 loss.backward()
                 optimizer.step()
 
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        """One iteration: a fresh network, ``outer_loop`` set updates with network training in between."""
+    def loss(self) -> Tensor:
+        """One iteration: a fresh network, ``outer_loop - 1`` set updates with network training in
+        between, and the matching loss of the last update."""
         generator = self.step_generator()
         network = self.random_network(generator)
         optimizer = torch.optim.SGD(network.parameters(), lr=self.hparams.lr_net)
-        losses = []
-        for outer in range(self.outer_loop):
-            last = outer == self.outer_loop - 1
-            loss = self.update_set(self.matching_loss(network, generator), last)
-            if loss is None:
-                return  # skipped: the iteration is retried with new draws
-            losses.append(loss)
-            if not last:
-                self.train_network(network, optimizer, generator)
-        self.log("train/loss", torch.stack(losses).mean() / self.num_classes, prog_bar=True, on_step=True,
-                 on_epoch=False)
+        for _ in range(self.outer_loop - 1):
+            self.update(self.matching_loss(network, generator), last=False)
+            self.train_network(network, optimizer, generator)
+        return self.matching_loss(network, generator)
 
     def to_synset(self) -> Synset:
         """The distilled set; its manifest names the method ``dsa`` when DC ran with siamese augmentation."""

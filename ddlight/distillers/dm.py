@@ -73,10 +73,8 @@ class DM(Condensation):
             total = total + mean_embedding_distance(real_embedding, network.embed(syn))
         return total
 
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        """One SGD step of the set against a fresh random network."""
+    def loss(self) -> Tensor:
+        """The matching loss against a fresh random network (one SGD step of the set per training step)."""
         generator = self.step_generator()
         network = self.random_network(generator).requires_grad_(False)
-        loss = self.update_set(self.matching_loss(network, generator), last=True)
-        if loss is not None:
-            self.log("train/loss", loss / self.num_classes, prog_bar=True, on_step=True, on_epoch=False)
+        return self.matching_loss(network, generator)

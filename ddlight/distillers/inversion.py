@@ -22,8 +22,8 @@ No real training sample reaches a loss. From a trained teacher alone:
 
 The synthetic set is exported like every distilled set (``distilled/synset.safetensors``), so
 :mod:`ddlight.reconstruct` turns it into audio and :class:`~ddlight.callbacks.SynsetEvaluator` can train
-fresh networks on it. The DataModule's training loader only paces Lightning's loop: its batches are
-dropped unread. Its training split is still read once, by the DataModule, to fit the feature
+fresh networks on it. The step loop is the :class:`~ddlight.distillers.base.Distiller`'s, whose clock
+reads no data. The training split is still read once, by the DataModule, to fit the feature
 normalisation; FRAMI checks that this equals the normalisation stored with the teacher.
 """
 
@@ -219,7 +219,8 @@ class FRAMI(Distiller):
         student_repeats: Students trained and tested at the end of ``fit`` (0: none).
         eval_split: Real split the students and the teacher are tested on: ``test``, or ``val`` to tune
             hyperparameters without looking at the test split.
-        seed: Seed of the fixed generator latents of the exported set.
+        seed: Seed of the fixed generator latents of the exported set and of the per-step draws (batches,
+            latents, views).
     """
 
     def __init__(
@@ -254,7 +255,7 @@ class FRAMI(Distiller):
         eval_split: Literal["test", "val"] = "test",
         seed: int = 0,
     ) -> None:
-        super().__init__(in_shape, num_classes, ipc, init="noise")
+        super().__init__(in_shape, num_classes, ipc, init="noise", seed=seed)
         if synthesis not in ("direct", "generator"):
             raise ValueError(f"synthesis must be 'direct' or 'generator', got {synthesis!r}")
         if min(batch_size, student_steps, student_batch_size) < 1 or student_repeats < 0:
@@ -301,19 +302,30 @@ class FRAMI(Distiller):
             )
 
     # ---------------------------------------------------------------------------------- inversion
-    def inversion_batch(self) -> tuple[Tensor, Tensor]:
-        """A batch to invert: rows of the set (``direct``) or fresh generator samples, and their classes."""
+    def inversion_batch(self, draws: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A batch to invert: rows of the set (``direct``) or fresh generator samples, and their classes.
+
+        Args:
+            draws: CPU generator of the rows or latents.
+        """
         n = self.hparams.batch_size
         if self.generator is None:
-            index = torch.randperm(len(self.synthetic), device=self.device)[:n]
+            index = torch.randperm(len(self.synthetic), generator=draws)[:n].to(self.device)
             return self.synthetic[index], self.labels[index]
         labels = torch.arange(n, device=self.device) % self.num_classes
-        return self.generator(torch.randn(n, self.hparams.latent_dim, device=self.device), labels), labels
+        z = torch.randn(n, self.hparams.latent_dim, generator=draws).to(self.device)
+        return self.generator(z, labels), labels
 
-    def inversion_losses(self, x: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """Class, batch-norm and contrastive terms of the teacher on two augmented views of ``x``."""
+    def inversion_losses(self, x: Tensor, labels: Tensor, draws: torch.Generator) -> dict[str, Tensor]:
+        """Class, batch-norm and contrastive terms of the teacher on two augmented views of ``x``.
+
+        Args:
+            x: Samples to invert.
+            labels: Their classes.
+            draws: Generator of the views' augmentation, on ``x``'s device.
+        """
         hp = self.hparams
-        views = self.views.train()(torch.cat([x, x]))
+        views = self.views.train()(torch.cat([x, x]), draws)
         with batchnorm_statistics_loss(self.teacher) if hp.bn_weight > 0 else _no_terms() as bn_terms:
             features, logits = self.teacher_features(views)
         losses = {"ce": F.cross_entropy(logits, torch.cat([labels, labels]))}
@@ -357,16 +369,13 @@ class FRAMI(Distiller):
             )
         super().on_fit_start()
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        del batch  # data-free: the real batch only paces Lightning's loop and never reaches a loss
-        optimizer = self.optimizers()
-        x, labels = self.inversion_batch()
-        losses = self.inversion_losses(x, labels)
-        optimizer.zero_grad()
-        self.manual_backward(losses["total"])
-        optimizer.step()
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=len(x))
-        return losses["total"].detach()
+    def loss(self) -> Tensor:
+        """The inversion loss of this step's batch (:meth:`inversion_batch`, :meth:`inversion_losses`)."""
+        seed = self.step_seed("frami")
+        x, labels = self.inversion_batch(torch.Generator().manual_seed(seed))
+        losses = self.inversion_losses(x, labels, torch.Generator(self.device).manual_seed(seed))
+        self.log_step({f"train/{k}": v.detach() for k, v in losses.items() if k != "total"}, prog_bar=True)
+        return losses["total"]
 
     # ------------------------------------------------------------------------------- synthetic set
     @torch.no_grad()

@@ -13,14 +13,13 @@ import warnings
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from ddlight.augment import SpecAugment
-from ddlight.distillers.base import Distiller, Synset, derive_seed, soft_cross_entropy
+from ddlight.distillers.base import Distiller, Synset, soft_cross_entropy
 from ddlight.io import load_trajectories
-from ddlight.networks import build_network
+from ddlight.recipe import build_expert_network
 
 
 def trajectory_loss(student: Tensor, start: Tensor, target: Tensor) -> Tensor:
@@ -45,16 +44,12 @@ class MTT(Distiller):
     (augmented) minibatches of the synthetic set with the learnable step size ``syn_lr`` and minimises
     :func:`trajectory_loss` against ``θ*_{t+expert_epochs}``. The synthetic set is updated with SGD
     (momentum ``momentum``), ``syn_lr`` with its own SGD, soft labels (``learn_labels``) with a third.
-    Real data is not used: the training dataloader only clocks the steps (``trainer.max_steps``).
+    Real data is not used. The step loop is the :class:`~ddlight.distillers.base.Distiller`'s: under DDP
+    every rank samples its own expert, start epoch and minibatches against the same synthetic set and
+    the gradients are averaged; a non-finite step is skipped (``max_bad_steps`` in a row stop the run).
 
-    Under DDP every rank samples its own expert, start epoch and minibatches against the same
-    synthetic set; gradients of the set, ``syn_lr`` and labels are averaged over ranks before each
-    update, so the set stays identical on every rank.
+    Guard of the step size:
 
-    Guards and recovery policy:
-
-    * A step with a non-finite loss or gradient is skipped with a warning naming the step;
-      ``max_bad_steps`` consecutive skipped steps stop training with a ``RuntimeError``.
     * ``syn_lr`` falling below ``min_syn_lr`` (or negative) is clamped back to ``min_syn_lr`` with a
       warning; rising above ``max_syn_lr`` stops training with a ``RuntimeError``: lower ``lr_lr``
       (or ``lr_img``) and rerun, or resume from the last checkpoint with the lower value.
@@ -135,7 +130,7 @@ class MTT(Distiller):
         segment: int = 4,
         seed: int | None = None,
     ) -> None:
-        super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale)
+        super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale, seed, max_bad_steps, max_grad_norm)
         if syn_steps < 1 or expert_epochs < 1 or max_start_epoch < 1 or segment < 1:
             raise ValueError("syn_steps, expert_epochs, max_start_epoch and segment must be >= 1")
         if unroll not in ("full", "checkpointed"):
@@ -150,10 +145,7 @@ class MTT(Distiller):
         self.register_buffer("synthetic_ema", torch.zeros_like(self.synthetic) if ema_decay else None)
         self.experts: list[dict[str, Tensor]] = []
         self.student: nn.Module | None = None
-        self.generator = torch.Generator()  # reseeded every step from (seed, step, rank, retries)
-        self.seed = seed
         self.augment_generator = torch.Generator()  # reseeded per student step; moved to the device in on_fit_start
-        self.bad_steps = 0
         self.max_start = max_start_epoch  # clipped to what the experts recorded in setup()
 
     # ------------------------------------------------------------------------------------ experts
@@ -177,9 +169,7 @@ class MTT(Distiller):
 
     def build_student(self, manifest: dict[str, Any]) -> None:
         """Build the student network the experts were trained as (its own weights are never used)."""
-        options = dict(manifest.get("network_options") or {})
-        self.student = build_network(manifest["network"], manifest["in_shape"], manifest["num_classes"], **options)
-        self.student.requires_grad_(False)
+        self.student = build_expert_network(manifest).requires_grad_(False)
         self.shapes = {name: p.shape for name, p in self.student.named_parameters()}
 
     def check_experts(self, manifest: dict[str, Any], data: dict[str, Any]) -> None:
@@ -224,7 +214,7 @@ class MTT(Distiller):
         return {name: p.view(shape) for (name, shape), p in zip(self.shapes.items(), params.split(sizes))}
 
     # -------------------------------------------------------------------------------------- unroll
-    def minibatches(self) -> list[Tensor]:
+    def minibatches(self, generator: torch.Generator) -> list[Tensor]:
         """Index minibatches of the ``syn_steps`` student steps, as in the original MTT.
 
         Each pass over the set is a fresh permutation cut into chunks of ``batch_syn`` (the last chunk of
@@ -235,12 +225,12 @@ class MTT(Distiller):
         batch = min(self.hparams.batch_syn or n, n)
         chunks: list[Tensor] = []
         while len(chunks) < self.hparams.syn_steps:
-            chunks.extend(torch.randperm(n, generator=self.generator).split(batch))
+            chunks.extend(torch.randperm(n, generator=generator).split(batch))
         return chunks[: self.hparams.syn_steps]
 
-    def plan(self) -> list[tuple[Tensor, int]]:
+    def plan(self, generator: torch.Generator) -> list[tuple[Tensor, int]]:
         """The ``syn_steps`` student steps to take: minibatch indices and augmentation seed of each."""
-        return [(idx, int(torch.randint(2**62, (1,), generator=self.generator))) for idx in self.minibatches()]
+        return [(idx, int(torch.randint(2**62, (1,), generator=generator))) for idx in self.minibatches(generator)]
 
     def student_step(
         self, params: Tensor, step: tuple[Tensor, int], x: Tensor, y: Tensor, lr: Tensor, create_graph: bool
@@ -262,15 +252,15 @@ class MTT(Distiller):
         (grad,) = torch.autograd.grad(loss, params, create_graph=create_graph)
         return params - lr * grad
 
-    def unroll(self, start: Tensor, plan: list[tuple[Tensor, int]] | None = None) -> Tensor:
-        """Take the student steps of ``plan`` (default: a fresh :meth:`plan`) from ``start``, differentiably.
+    def unroll(self, start: Tensor, plan: list[tuple[Tensor, int]]) -> Tensor:
+        """Take the student steps of ``plan`` from ``start``, differentiably.
 
         Returns:
             The final flat parameters, differentiable w.r.t. the set, ``syn_lr`` and the labels.
         """
         x, y = self.synthetic, self.targets()
         params = start.detach().requires_grad_(True)
-        for step in plan if plan is not None else self.plan():
+        for step in plan:
             params = self.student_step(params, step, x, y, self.syn_lr, create_graph=True)
         return params
 
@@ -303,91 +293,46 @@ class MTT(Distiller):
             adjoint = grads[-1]
         return loss.detach()
 
-    def sample_segment(self) -> tuple[Tensor, Tensor, int]:
+    def sample_segment(self, generator: torch.Generator) -> tuple[Tensor, Tensor, int]:
         """Sample an expert and a start epoch ``t`` in ``[0, max_start)``.
 
         Returns:
             The flat expert parameters ``θ*_t`` and ``θ*_{t+expert_epochs}``, and ``t``.
         """
-        expert = self.experts[int(torch.randint(len(self.experts), (1,), generator=self.generator))]
-        start = int(torch.randint(self.max_start, (1,), generator=self.generator))
+        expert = self.experts[int(torch.randint(len(self.experts), (1,), generator=generator))]
+        start = int(torch.randint(self.max_start, (1,), generator=generator))
         return self.flat(expert, start), self.flat(expert, start + self.hparams.expert_epochs), start
-
-    def matching_backward(self) -> tuple[Tensor, int]:
-        """Sample a segment (:meth:`sample_segment`) and a :meth:`plan`; backpropagate the matching loss.
-
-        Returns:
-            The loss (detached) and the start epoch. The gradients are accumulated into the trained
-            tensors' ``.grad`` (full unroll through :meth:`manual_backward`).
-        """
-        theta, target, start = self.sample_segment()
-        plan = self.plan()
-        if self.hparams.unroll == "checkpointed":
-            return self.checkpointed_backward(theta, target, plan), start
-        loss = trajectory_loss(self.unroll(theta, plan), theta, target)
-        self.manual_backward(loss)  # also when non-finite: every rank must join the gradient all-reduce
-        return loss.detach(), start
 
     # ------------------------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
-        """Initialise the set (base) and its average (a resumed run keeps both), and the run's seed."""
+        """Initialise the set (base) and its average (a resumed run keeps both); the student on the device."""
         fresh = not bool(self.initialized)
         super().on_fit_start()
         self.student.to(self.device)
         self.augment_generator = torch.Generator(self.device)
-        if self.seed is None:
-            self.seed = torch.initial_seed() % 2**63
         if self.synthetic_ema is not None and fresh:
             self.synthetic_ema.copy_(self.synthetic.detach())
 
-    def trained_tensors(self) -> list[Tensor]:
-        """The tensors being distilled: synthetic set, step size and (if learned) label logits."""
-        return [self.synthetic, self.syn_lr] + ([self.label_logits] if self.label_logits is not None else [])
+    def loss(self) -> Tensor:
+        """The matching loss of a sampled segment (:meth:`sample_segment`) after a sampled :meth:`plan`.
 
-    def average_gradients(self, loss: Tensor) -> Tensor:
-        """Average the gradients (and the loss) over DDP ranks in one all-reduce; returns the mean loss."""
-        tensors = self.trained_tensors()
-        if self.trainer.world_size == 1 or not dist.is_initialized():
-            return loss.detach()
-        flat = torch.cat([t.grad.flatten() for t in tensors] + [loss.detach().view(1)])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= self.trainer.world_size
-        for t, g in zip(tensors, flat[:-1].split([t.numel() for t in tensors])):
-            t.grad.copy_(g.view_as(t))
-        return flat[-1]
+        With ``unroll="checkpointed"`` the gradients are computed here (:meth:`checkpointed_backward`)
+        and the loss comes back detached.
+        """
+        generator = torch.Generator().manual_seed(self.step_seed("mtt"))
+        theta, target, start = self.sample_segment(generator)
+        plan = self.plan(generator)
+        self.log_step({"train/start_epoch": float(start)})
+        if self.hparams.unroll == "checkpointed":
+            return self.checkpointed_backward(theta, target, plan)
+        return trajectory_loss(self.unroll(theta, plan), theta, target)
 
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        optimizers = self.optimizers()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=False)
-        self.generator.manual_seed(derive_seed("mtt", self.seed, self.global_step, self.global_rank, self.bad_steps))
-        loss, start = self.matching_backward()  # also when non-finite: every rank joins the all-reduce
-        loss = self.average_gradients(loss)
-        grads = [t.grad for t in self.trained_tensors()]
-        if not (torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)):
-            self.bad_steps += 1
-            warnings.warn(f"MTT step {self.global_step}: non-finite loss or gradient, update skipped", stacklevel=2)
-            if self.bad_steps >= self.hparams.max_bad_steps:
-                raise RuntimeError(
-                    f"MTT: {self.bad_steps} consecutive non-finite steps (last at step {self.global_step}); "
-                    f"lower lr_img or lr_lr, or syn_steps, and rerun"
-                )
-            return
-        self.bad_steps = 0
-        grad_norm = self.synthetic.grad.norm()
-        if self.hparams.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([self.synthetic], self.hparams.max_grad_norm)
-        optimizers[0].step()  # through Lightning: one global step per distillation update
-        for opt in optimizers[1:]:
-            opt.optimizer.step()
+    def after_update(self) -> None:
+        """Guard ``syn_lr`` (:meth:`guard_syn_lr`), move the set's average (``ema_decay``) and log ``syn_lr``."""
         self.guard_syn_lr()
         if self.synthetic_ema is not None:
             self.synthetic_ema.lerp_(self.synthetic.detach(), 1 - self.hparams.ema_decay)
-        self.log_dict(
-            {"train/loss": loss, "train/syn_lr": self.syn_lr.detach(), "train/start_epoch": float(start),
-             "train/grad_norm": grad_norm},
-            prog_bar=True, on_step=True, on_epoch=False,
-        )
+        self.log_step({"train/syn_lr": self.syn_lr.detach()}, prog_bar=True)
 
     @torch.no_grad()
     def guard_syn_lr(self) -> None:

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -128,18 +127,6 @@ def kernel_ridge_solve(k_ss: Tensor, y_s: Tensor, ridge: float) -> Tensor:
     return torch.linalg.pinv(regularised, hermitian=True) @ y_s
 
 
-def average_across_ranks(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """Mean of each tensor over all processes of the default group (identity in a single process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return list(tensors)
-    out = []
-    for t in tensors:
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        out.append(t / dist.get_world_size())
-    return out
-
-
 class Snapshot(NamedTuple):
     """A validated state of the RFAD set (``accuracy`` is the kernel-regression validation accuracy)."""
 
@@ -155,13 +142,13 @@ class RFAD(Distiller):
 
     At fit start the normalised training split is held on the device. Each training step draws a real
     batch of ``real_batch`` distinct examples from it (seeded by ``seed``, the global step and the rank,
-    so a run and its resumption draw the same batches; the DataModule's batches only clock the steps),
-    samples ``num_models`` random ConvNets from ``seed`` and the global step (identical on every DDP
-    rank), predicts the batch's labels by kernel ridge regression on the synthetic set and updates the
-    set with Adam. Under DDP each rank draws its own real batch and the gradients are averaged across
-    ranks, which equals the gradient of the union of the batches. Validation (and test) report the
-    kernel regression accuracy of the current set under ``num_eval_models`` fixed random networks:
-    ``val/acc``, on which the run keeps its best set and stops early.
+    so a run and its resumption draw the same batches), samples ``num_models`` random ConvNets from
+    ``seed`` and the global step (identical on every DDP rank), predicts the batch's labels by kernel
+    ridge regression on the synthetic set and updates the set with Adam. Under DDP each rank draws its
+    own real batch and the base averages the gradients across ranks, which equals the gradient of the
+    union of the batches. Validation (``ddlight validate`` too) reports the kernel regression accuracy of
+    the current set under ``num_eval_models`` fixed random networks: ``val/acc``, on which the run keeps
+    its best set and stops early.
 
     Args:
         in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
@@ -186,14 +173,17 @@ class RFAD(Distiller):
         lr: Adam learning rate of the synthetic set.
         lr_labels: Adam learning rate of the learnable labels.
         lr_temperature: Adam learning rate of ``log(tau)``.
-        num_eval_models: Fixed random networks of the validation/test kernel.
+        num_eval_models: Fixed random networks of the validation kernel.
         seed: Seed of all random networks and real batches (per step: ``seed`` and the global step).
+        max_bad_steps: Consecutive non-finite steps tolerated (each skipped) before stopping.
         restore_best: Export (and evaluate) the set of the best ``val/acc`` seen, not the last one, so
             an early-stopped run keeps its best set rather than the ``patience`` checks after it.
         patience: Stop the run after this many validation checks (on the validation split) without a
             new best ``val/acc``; ``None`` never stops early. The original stops after 1000 steps
             without improvement at one check every 40 steps, i.e. 25 checks.
     """
+
+    needs_real_data = True
 
     def __init__(
         self,
@@ -216,10 +206,11 @@ class RFAD(Distiller):
         lr_temperature: float = 1e-2,
         num_eval_models: int = 8,
         seed: int = 0,
+        max_bad_steps: int = 10,
         restore_best: bool = True,
         patience: int | None = 25,
     ) -> None:
-        super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale)
+        super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale, seed, max_bad_steps)
         if min(num_models, num_eval_models, width, depth, real_batch) < 1:
             raise ValueError("num_models, num_eval_models, width, depth and real_batch must be >= 1")
         if ridge < 0 or kernel_constant < 0 or temperature <= 0:
@@ -232,7 +223,7 @@ class RFAD(Distiller):
         if loss not in ("ce", "mse"):
             raise ValueError(f"loss must be 'ce' or 'mse', got {loss!r}")
         self.save_hyperparameters()
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=loss == "ce")
         self._eval_networks: list[nn.Module] | None = None
         self._eval_support: tuple[Tensor, Tensor] | None = None
         #: The best validated set so far.
@@ -241,7 +232,6 @@ class RFAD(Distiller):
         self.checks_since_best = 0
         self._val_counts = torch.zeros(2)
         self._real: tuple[Tensor, Tensor] | None = None
-        self._generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------------------ kernel regression
     @property
@@ -256,10 +246,9 @@ class RFAD(Distiller):
             return (logits - logits.mean(-1, keepdim=True)) / self.hparams.label_scale
         return F.one_hot(self.labels, self.num_classes).float() - 1.0 / self.num_classes
 
-    def networks_for_step(self, step: int) -> list[nn.Module]:
-        """The ``num_models`` random networks of training step ``step`` (same on every rank)."""
+    def random_networks(self, seed: int) -> list[nn.Module]:
+        """The ``num_models`` random networks drawn from ``seed``, on this module's device."""
         hp = self.hparams
-        seed = derive_seed("step", hp.seed, step)
         nets = sample_random_convnets(self.in_shape, hp.num_models, hp.width, hp.depth, seed)
         return [net.to(self.device) for net in nets]
 
@@ -282,66 +271,36 @@ class RFAD(Distiller):
         targets = F.one_hot(labels, self.num_classes).double() - 1.0 / self.num_classes
         return 0.5 * (targets - preds).pow(2).mean()
 
-    def trainable(self) -> list[nn.Parameter]:
-        """Parameters the optimiser updates: the set, the labels if learned, ``log(tau)`` for ``ce``."""
-        params = [self.synthetic]
-        if self.label_logits is not None:
-            params.append(self.label_logits)
-        if self.hparams.loss == "ce":
-            params.append(self.log_temperature)
-        return params
-
-    def gradients(self, features: Tensor, labels: Tensor, step: int) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """Loss, accuracy and rank-averaged gradients of :meth:`trainable` on one real batch.
+    def regression_loss(self, features: Tensor, labels: Tensor, networks: Sequence[nn.Module]) -> tuple[Tensor, Tensor]:
+        """Loss (differentiable w.r.t. the trained tensors) and accuracy of the regression on one real batch.
 
         Args:
             features: Real features ``[B, C, F, T]`` (this rank's batch).
             labels: Real labels ``[B]``.
-            step: Global step, which selects the random networks.
-
-        Returns:
-            The loss and accuracy on this batch and the gradients averaged over all ranks.
+            networks: The random networks of the kernel (:meth:`random_networks`).
         """
-        preds = self.predict(features, self.networks_for_step(step))
-        loss = self.loss_fn(preds, labels)
-        grads = torch.autograd.grad(loss, self.trainable())
-        acc = (preds.argmax(-1) == labels).float().mean()
-        return loss.detach(), acc, average_across_ranks(grads)
+        preds = self.predict(features, networks)
+        return self.loss_fn(preds, labels), (preds.argmax(-1) == labels).float().mean()
 
     # ---------------------------------------------------------------------------------- real batches
     def hold_real_data(self, features: Tensor, labels: Tensor) -> None:
-        """Keep the real training split (on its device) from which every step draws its real batch.
-
-        Args:
-            features: Normalised training features ``[N, C, F, T]``.
-            labels: Their labels ``[N]``.
-        """
+        """Keep the real training split (on its device) from which every step draws its real batch."""
         self._real = (features, labels)
-        self._generator = torch.Generator(device=features.device)
 
-    def draw_real_batch(self, step: int, rank: int) -> tuple[Tensor, Tensor]:
-        """The real batch of ``step`` on ``rank``: ``min(real_batch, N)`` distinct held examples.
-
-        The draw depends only on ``seed``, ``step`` and ``rank``, so it repeats across runs and resumes
-        and differs between ranks.
+    def draw_real_batch(self, seed: int) -> tuple[Tensor, Tensor]:
+        """``min(real_batch, N)`` distinct held examples, drawn from ``seed`` (on the held data's device).
 
         Raises:
             RuntimeError: If no training split is held (:meth:`hold_real_data`, done at fit start).
         """
-        if self._real is None or self._generator is None:
+        if self._real is None:
             raise RuntimeError("no real training data held; call hold_real_data() (done in on_fit_start)")
         features, labels = self._real
-        self._generator.manual_seed(derive_seed("real batch", self.hparams.seed, step, rank))
-        order = torch.randperm(len(labels), generator=self._generator, device=labels.device)
-        chosen = order[: self.hparams.real_batch]
+        generator = torch.Generator(device=labels.device).manual_seed(seed)
+        chosen = torch.randperm(len(labels), generator=generator, device=labels.device)[: self.hparams.real_batch]
         return features[chosen], labels[chosen]
 
     # ------------------------------------------------------------------------------------- training
-    def on_fit_start(self) -> None:
-        """Initialise the set (once) and hold the normalised training split on the device."""
-        super().on_fit_start()
-        self.hold_real_data(*self.trainer.datamodule.split_features("train", device=self.device))
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
         groups: list[dict[str, Any]] = [{"params": [self.synthetic], "lr": hp.lr}]
@@ -351,20 +310,12 @@ class RFAD(Distiller):
             groups.append({"params": [self.log_temperature], "lr": hp.lr_temperature})
         return torch.optim.Adam(groups)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """One Adam step on this rank's drawn real batch (the loader's ``batch`` only clocks the step)."""
-        features, labels = self.draw_real_batch(self.global_step, self.global_rank)
-        optimizer = self.optimizers()
-        loss, acc, grads = self.gradients(features, labels, self.global_step)
-        for param, grad in zip(self.trainable(), grads):
-            param.grad = grad.to(param.dtype)
-        optimizer.step()
-        optimizer.zero_grad()
-        self.log_dict(
-            {"train/loss": loss.float(), "train/acc": acc, "train/temperature": self.temperature.detach()},
-            prog_bar=True,
-            batch_size=len(labels),
-        )
+    def loss(self) -> Tensor:
+        """The regression loss of this rank's real batch under this step's random networks (shared by ranks)."""
+        features, labels = self.draw_real_batch(self.step_seed("real batch"))
+        networks = self.random_networks(self.step_seed("random networks", shared=True))
+        loss, acc = self.regression_loss(features, labels, networks)
+        self.log_step({"train/acc": acc, "train/temperature": self.temperature.detach()}, prog_bar=True)
         return loss
 
     # ---------------------------------------------------------------------------------- validation
@@ -372,7 +323,7 @@ class RFAD(Distiller):
         """Fix the evaluation networks (once) and solve the regression of a set."""
         if self._eval_networks is None:
             hp = self.hparams
-            seed = derive_seed("eval", hp.seed)
+            seed = derive_seed("eval", self.seed)
             self._eval_networks = sample_random_convnets(self.in_shape, hp.num_eval_models, hp.width, hp.depth, seed)
         self._eval_networks = [net.to(self.device) for net in self._eval_networks]
         with torch.no_grad():
@@ -380,29 +331,19 @@ class RFAD(Distiller):
             alpha = kernel_ridge_solve(self.kernel(phi_s, phi_s), regression_targets, self.hparams.ridge)
         self._eval_support = (phi_s, alpha)
 
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        assert self._eval_support is not None and self._eval_networks is not None  # on_*_epoch_start
-        phi_s, alpha = self._eval_support
-        features, labels = batch
-        preds = self.kernel(random_features(features, self._eval_networks).double(), phi_s) @ alpha
-        correct = (preds.argmax(-1) == labels).float()
-        self.log(f"{stage}/acc", correct.mean(), prog_bar=True, sync_dist=True, batch_size=len(labels))
-        if stage == "val":
-            self._val_counts += torch.stack([correct.sum(), correct.new_tensor(len(correct))])
-
     def on_validation_epoch_start(self) -> None:
         self._prepare_eval(self.synthetic, self.regression_targets())
         self._val_counts = torch.zeros(2, device=self.device)
 
-    def on_test_epoch_start(self) -> None:
-        """Test the set that is exported: the best validated one with ``restore_best``."""
-        if self.hparams.restore_best and self.best is not None:
-            self._prepare_eval(self.best.features, self.best.regression_targets)
-        else:
-            self._prepare_eval(self.synthetic, self.regression_targets())
-
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        """Kernel regression accuracy of the set on a validation batch (``val/acc``)."""
+        assert self._eval_support is not None and self._eval_networks is not None  # on_validation_epoch_start
+        phi_s, alpha = self._eval_support
+        features, labels = batch
+        preds = self.kernel(random_features(features, self._eval_networks).double(), phi_s) @ alpha
+        correct = (preds.argmax(-1) == labels).float()
+        self.log("val/acc", correct.mean(), prog_bar=True, sync_dist=True, batch_size=len(labels))
+        self._val_counts += torch.stack([correct.sum(), correct.new_tensor(len(correct))])
 
     def on_validation_epoch_end(self) -> None:
         """Record the validation accuracy of the epoch (over all ranks); outside sanity checks."""
@@ -428,11 +369,13 @@ class RFAD(Distiller):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save the early-stopping state (the best validated set, the checks since it) for resumption."""
+        super().on_save_checkpoint(checkpoint)
         best = self.best._asdict() if self.best is not None else None
         checkpoint["rfad"] = {"best": best, "checks_since_best": self.checks_since_best}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the early-stopping state saved by :meth:`on_save_checkpoint` (if any)."""
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("rfad")
         if state is not None:
             self.best = Snapshot(**state["best"]) if state["best"] is not None else None
@@ -443,9 +386,6 @@ class RFAD(Distiller):
         if self.hparams.restore_best and self.best is not None:
             return self.best.features, self.best.targets
         return super().exported_set()
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
 
     # -------------------------------------------------------------------------------------- export
     def export_extras(self) -> dict[str, Any]:

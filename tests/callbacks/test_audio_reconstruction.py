@@ -168,7 +168,7 @@ def test_missing_or_mismatched_experts_are_skipped(tmp_path: Path) -> None:
 
 
 class _Nudge(Distiller):
-    """A minimal distiller: one gradient step on the synthetic set per batch (pull towards zero).
+    """A minimal distiller: one gradient step on the synthetic set per step (pull towards zero).
 
     Like MTT, it keeps ``expert_dir`` as a hyperparameter, where the callback finds it.
     """
@@ -177,11 +177,8 @@ class _Nudge(Distiller):
         super().__init__(in_shape, num_classes, ipc=1)
         self.save_hyperparameters()
 
-    def training_step(self, batch: object, batch_idx: int) -> None:
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        self.manual_backward(self.synthetic.square().mean())
-        optimizer.step()
+    def loss(self) -> torch.Tensor:
+        return self.synthetic.square().mean()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD([self.synthetic], lr=0.1)

@@ -149,13 +149,13 @@ def test_one_training_step_runs_the_outer_loop_and_advances_one_step(tmp_path: P
     model = DC(data_shape, 11, ipc=1, init="noise", network_options={"width": 8}, outer_loop=3, inner_loop=2)
     start = model.synthetic.detach().clone()
     updates = []
-    update_set = model.update_set
+    update = model.update
 
-    def spy(loss: torch.Tensor, last: bool) -> torch.Tensor | None:
+    def spy(loss: torch.Tensor, last: bool = True) -> torch.Tensor:
         updates.append(last)
-        return update_set(loss, last)
+        return update(loss, last)
 
-    model.update_set = spy
+    model.update = spy
     fit(model, 1, tmp_path)
     assert updates == [False, False, True] and model.global_step == 1
     assert not torch.equal(model.synthetic, start) and torch.isfinite(model.synthetic).all()

@@ -69,8 +69,9 @@ def test_unroll_matches_manual_sgd_and_gives_gradients() -> None:
     mtt.build_student(manifest)
     net = copy.deepcopy(mtt.student).requires_grad_(True)
     start = torch.cat([p.detach().flatten() for p in net.parameters()])
+    plan = mtt.plan(torch.Generator())
 
-    final = mtt.unroll(start)
+    final = mtt.unroll(start, plan)
     for _ in range(2):  # the same two steps by hand: plain SGD on the whole set
         loss = F.cross_entropy(net(mtt.synthetic.detach()), mtt.labels)
         grads = torch.autograd.grad(loss, list(net.parameters()))
@@ -87,7 +88,7 @@ def test_unroll_matches_manual_sgd_and_gives_gradients() -> None:
     lr, eps, values = mtt.syn_lr.item(), 1e-3, []
     for value in (lr + eps, lr - eps):  # d loss / d syn_lr against a central finite difference
         mtt.syn_lr.data.fill_(value)
-        values.append(trajectory_loss(mtt.unroll(start), start, target).item())
+        values.append(trajectory_loss(mtt.unroll(start, plan), start, target).item())
     assert grad_lr.item() == pytest.approx((values[0] - values[1]) / (2 * eps), rel=2e-2)
 
 
@@ -111,10 +112,9 @@ def test_checkpointed_unroll_gives_the_full_unrolls_gradient(syn_steps: int, seg
         mtt = MTT((2, 8, 12), 3, ipc=3, syn_steps=syn_steps, batch_syn=4, learn_labels=True, syn_lr_init=0.05,
                   unroll=unroll, segment=segment)
         mtt.build_student(manifest)
-        mtt.generator.manual_seed(1)
         start = torch.randn(sum(p.numel() for p in mtt.student.parameters())) * 0.3
         target = start + 0.05 * torch.randn_like(start)
-        grads[unroll] = _meta_gradients(mtt, start, target, mtt.plan())
+        grads[unroll] = _meta_gradients(mtt, start, target, mtt.plan(torch.Generator().manual_seed(1)))
     for full, checkpointed in zip(grads["full"], grads["checkpointed"]):
         assert full.abs().sum() > 0
         # exact up to the order in which floating-point contributions are summed
@@ -126,7 +126,7 @@ def test_checkpointed_unroll_replays_the_augmentation() -> None:
     manifest = {"network": "convnet", "network_options": {"width": 4, "depth": 1}, "in_shape": [1, 8, 12], "num_classes": 2}
     mtt = MTT((1, 8, 12), 2, ipc=2, syn_steps=3, unroll="checkpointed", segment=2)
     mtt.build_student(manifest)
-    plan = mtt.plan()
+    plan = mtt.plan(torch.Generator())
     start = torch.randn(sum(p.numel() for p in mtt.student.parameters()))
     final = mtt.unroll(start, plan).detach()
     other = [(idx, seed + 1) for idx, seed in plan]
@@ -154,10 +154,10 @@ class _NaNOnce(MTT):
     bad: tuple[int, ...] = (1,)
     calls = 0
 
-    def matching_backward(self) -> tuple[torch.Tensor, int]:
-        loss, start = super().matching_backward()
+    def loss(self) -> torch.Tensor:
+        loss = super().loss()
         self.calls += 1
-        return (loss * math.nan if self.calls - 1 in self.bad else loss), start
+        return loss * math.nan if self.calls - 1 in self.bad else loss
 
 
 class _Snapshots(Callback):
@@ -174,7 +174,7 @@ def test_nan_step_is_skipped(experts: Path) -> None:
     mtt = _NaNOnce(data.feature_shape, data.num_classes, ipc=1, expert_dir=str(experts), syn_steps=2,
                    expert_epochs=1, max_start_epoch=1)
     snapshots = _Snapshots()
-    with pytest.warns(UserWarning, match="MTT step 1: non-finite"):
+    with pytest.warns(UserWarning, match="_NaNOnce step 1: non-finite"):
         _trainer(3, callbacks=[snapshots]).fit(mtt, datamodule=data)
     assert len(snapshots.sets) == 4 and mtt.global_step == 3  # 4 batches, 3 updates
     assert torch.equal(snapshots.sets[0], snapshots.sets[1])  # the bad step left the set alone
@@ -236,7 +236,7 @@ def test_experts_with_other_augmentation_are_refused(experts: Path) -> None:
 @pytest.mark.parametrize(("batch_syn", "sizes"), [(None, [6, 6, 6]), (256, [6, 6, 6]), (4, [4, 2, 4])])
 def test_minibatches_never_repeat_a_sample_within_a_step(batch_syn: int | None, sizes: list[int]) -> None:
     mtt = MTT((1, 4, 4), 3, ipc=2, syn_steps=3, batch_syn=batch_syn)
-    batches = mtt.minibatches()
+    batches = mtt.minibatches(torch.Generator())
     assert [len(b) for b in batches] == sizes
     assert all(len(set(b.tolist())) == len(b) for b in batches)
     if batch_syn is None or batch_syn >= 6:  # the whole set once per step
@@ -248,7 +248,8 @@ def test_minibatches_never_repeat_a_sample_within_a_step(batch_syn: int | None, 
 def test_start_epochs_are_drawn_below_max_start_epoch(experts: Path) -> None:
     mtt = _mtt(experts, max_start_epoch=2, expert_epochs=1)
     _trainer(1).fit(mtt, datamodule=_data())  # loads the 3-epoch experts: starts in [0, 2)
-    starts = {mtt.sample_segment()[2] for _ in range(40)}
+    generator = torch.Generator()
+    starts = {mtt.sample_segment(generator)[2] for _ in range(40)}
     assert starts == {0, 1}
 
 
