@@ -58,9 +58,7 @@ class SynsetEvaluator(Callback):
         expert_dir: Expert trajectories whose final expert embeds real data for herding / k-center
             (default: a quick ConvNet trained on the real training features).
         full: Also train on the whole real training split: the reference of the gap closure
-            ``g = (synthetic - random) / (full - random)`` in the report (costly: once per run); or
-            ``experts``: the test accuracy of the final experts (``expert_dir``, else the MTT set's own
-            experts), which trained on the whole split already: free, recorded as ``"source": "experts"``.
+            ``g = (synthetic - random) / (full - random)`` in the report (costly: once per run).
         full_epochs: Epochs of the full-split networks (default: ``recipe.epochs``); fewer make the
             reference cheaper but lower, which raises ``g`` (the report records it).
         full_repeats: Networks trained on the full split (default: ``repeats``).
@@ -77,7 +75,7 @@ class SynsetEvaluator(Callback):
         every_n_steps: int | None = None,
         network_options: dict[str, dict[str, Any]] | None = None,
         expert_dir: str | None = None,
-        full: bool | Literal["experts"] = False,
+        full: bool = False,
         full_epochs: int | None = None,
         full_repeats: int | None = None,
         eval_split: Literal["test", "val"] = "test",
@@ -91,8 +89,6 @@ class SynsetEvaluator(Callback):
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
         full_recipe(recipe, repeats, full_epochs, full_repeats)  # bad counts fail here, not after distilling
-        if full not in (True, False, "experts"):
-            raise ValueError(f"full must be true, false or 'experts', got {full!r}")
         if eval_split not in ("test", "val"):
             raise ValueError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
         if full and "random" not in baselines:
@@ -119,7 +115,7 @@ class SynsetEvaluator(Callback):
         return recipe | {"split": self.eval_split}
 
     def _evaluate(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, baselines: list[str], full: bool | str = False
+        self, trainer: L.Trainer, pl_module: L.LightningModule, baselines: list[str], full: bool = False
     ) -> tuple[Any, list, dict[str, float]]:
         """The set of ``pl_module``, the protocol's results on it and their ``eval/*`` metrics."""
         synset = pl_module.to_synset()
@@ -132,8 +128,7 @@ class SynsetEvaluator(Callback):
             synset.features.to(device), synset.targets.to(device), train_x, train_y, test_x, test_y,
             synset.manifest["ipc"], resolve_recipe(self.recipe, synset.manifest),
             architectures=self.architectures, baselines=baselines, repeats=self.repeats, network_options=self.network_options,
-            expert_dir=self.expert_dir or (synset.manifest.get("expert_dir") if full == "experts" else None),
-            full=full, full_epochs=self.full_epochs, full_repeats=self.full_repeats,
+            expert_dir=self.expert_dir, full=full, full_epochs=self.full_epochs, full_repeats=self.full_repeats,
         )
         metrics = {}
         for row in results:

@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ddlight.evaluation.coresets import herding, kcenter, random_subset
 from ddlight.evaluation.protocol import evaluate, num_classes_of
-from ddlight.networks import AudioNetwork, build_network
-from ddlight.recipe import TrainRecipe, accuracy, embed, final_expert_networks, fit_network, summarize
+from ddlight.networks import AudioNetwork
+from ddlight.recipe import TrainRecipe, embed, final_expert_networks, fit_network
 
 #: Baselines :func:`evaluate_synset` knows.
 BASELINES = ("random", "herding", "kcenter")
@@ -146,7 +146,7 @@ def evaluate_synset(
     repeats: int = 5,
     network_options: Mapping[str, Mapping[str, Any]] | None = None,
     expert_dir: str | Path | None = None,
-    full: bool | Literal["experts"] = False,
+    full: bool = False,
     full_epochs: int | None = None,
     full_repeats: int | None = None,
 ) -> list[dict[str, Any]]:
@@ -171,11 +171,7 @@ def evaluate_synset(
         network_options: Constructor options per architecture.
         expert_dir: Trajectories whose final expert embeds the real data for herding / k-center
             (default: a quick ConvNet trained on the real training set).
-        full: Also train on the whole real training split (the reference of ``g``; costly), or
-            ``"experts"``: take the test accuracy of the final expert networks in ``expert_dir`` (already
-            trained on the whole training split, by the expert config's recipe) as the reference of the
-            architecture they have (:func:`expert_reference`); free, but not the protocol's recipe, which
-            the report says (``"source": "experts"``).
+        full: Also train on the whole real training split (the reference of ``g``; costly).
         full_epochs: Epochs of the full-split networks (None: ``recipe.epochs``). Fewer epochs make the
             reference cheaper but lower, which raises ``g``: reports record it.
         full_repeats: Networks trained on the full split (None: ``repeats``).
@@ -193,7 +189,7 @@ def evaluate_synset(
     for name in baselines:
         idx = baseline_indices(name, train_y, ipc, embeddings, recipe.seed).to(train_x.device)
         sets[name] = (train_x[idx], train_y[idx])
-    if full is True:
+    if full:
         sets["full"] = (train_x, train_y)
     per_set = {}
     for name, (x, targets) in sets.items():
@@ -205,34 +201,7 @@ def evaluate_synset(
             x, targets, test_x, test_y, set_recipe, architectures, set_repeats, network_options, description=name
         )
     results = [{"architecture": arch, **{name: per_set[name][arch] for name in sets}} for arch in architectures]
-    if full == "experts":
-        if expert_dir is None:
-            raise ValueError("full: experts needs the experts' folder (expert_dir, or an MTT set's manifest)")
+    if full and "random" in sets:
         for row in results:
-            reference = expert_reference(expert_dir, row["architecture"], (network_options or {}).get(row["architecture"]),
-                                         test_x, test_y)
-            if reference is not None:
-                row["full"] = reference
-    for row in results:
-        if "full" in row and "random" in row:
             row["g"] = gap_closure(row["synthetic"]["mean"], row["random"]["mean"], row["full"]["mean"])
     return results
-
-
-def expert_reference(
-    expert_dir: str | Path, architecture: str, options: Mapping[str, Any] | None, test_x: Tensor, test_y: Tensor
-) -> dict[str, Any] | None:
-    """Test accuracy of the final expert networks, if they are ``architecture`` built with ``options``.
-
-    Returns:
-        ``{"mean", "std", "runs", "source": "experts", "epochs"}`` over the experts (``epochs``: how long
-        they trained), or None when the experts are another network (no reference for that row).
-    """
-    manifest, networks = final_expert_networks(expert_dir, test_x.device)
-    evaluated = build_network(architecture, test_x.shape[1:], manifest["num_classes"], **dict(options or {}))
-    if repr(evaluated) != repr(networks[0]):
-        return None
-    summary = summarize([accuracy(network, test_x, test_y) for network in networks])
-    snapshots = manifest["experts"][0].get("snapshots")
-    epochs = (snapshots - 1) * manifest.get("every_n_epochs", 1) if snapshots else None
-    return summary | {"source": "experts", "epochs": epochs}
