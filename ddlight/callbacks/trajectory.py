@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from ddlight.io import MANIFEST, load_json, save_json, save_tensors
 
 #: Manifest keys that must agree before new experts are appended to an existing folder.
 _COMPATIBLE_KEYS = ("network", "network_options", "in_shape", "num_classes", "optimizer", "augment", "data")
+#: Held by the expert run writing a folder (its process id inside): a second writer is refused.
+LOCK = ".lock"
 
 
 class TrajectoryRecorder(Callback):
@@ -25,7 +28,10 @@ class TrajectoryRecorder(Callback):
     ``expert_<k>.safetensors`` (one tensor ``[epochs + 1, *shape]`` per parameter: the start plus one
     snapshot per ``every_n_epochs``) and a ``manifest.json`` describing the network, optimiser, feature
     configuration and data fingerprint. Running the command again appends new experts to the folder if
-    everything is compatible; test accuracies are added to the manifest after ``trainer.test``.
+    everything is compatible; test accuracies are added to the manifest after ``trainer.test``. The folder
+    is checked before the first epoch (compatible settings, writable) and held with a ``.lock`` file
+    until the experts are written, so a second run into the same folder is refused instead of
+    overwriting them.
 
     Args:
         dirpath: Output folder; default ``experts/<dataset name>`` under the working directory.
@@ -39,6 +45,7 @@ class TrajectoryRecorder(Callback):
         self.every_n_epochs = every_n_epochs
         self.snapshots: list[list[dict[str, Tensor]]] = []
         self.files: list[str] = []
+        self.locked: Path | None = None
 
     def _directory(self, trainer: L.Trainer) -> Path:
         if self.dirpath is not None:
@@ -60,9 +67,61 @@ class TrajectoryRecorder(Callback):
             self.snapshots[k].append({n: p.detach().cpu().clone() for n, p in net.named_parameters()})
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Check the folder before the first epoch (compatible, writable, not in use) and take the start."""
         self.snapshots = [[] for _ in self._networks(pl_module)]
         self.files = []
+        if trainer.is_global_zero:
+            directory = self._directory(trainer)
+            self._check_compatible(directory, self._manifest(trainer, pl_module))
+            self._lock(directory)
         self._snapshot(pl_module)
+
+    @staticmethod
+    def _check_compatible(directory: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """The folder's manifest, if any, after checking that these experts may join it.
+
+        Raises:
+            ValueError: Naming the settings that differ and what to do.
+        """
+        existing = directory / MANIFEST
+        if not existing.is_file():
+            return None
+        old = load_json(existing)
+        clashes = [k for k in _COMPATIBLE_KEYS if old.get(k) != manifest[k]]
+        if clashes:
+            raise ValueError(
+                f"{directory} holds experts with a different {', '.join(clashes)}; "
+                f"choose another folder with --trainer.callbacks.init_args.dirpath or delete it"
+            )
+        return old
+
+    def _lock(self, directory: Path) -> None:
+        """Create ``directory/.lock`` (fails if another expert run holds it or the folder is not writable)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = directory / LOCK
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock.read_text().strip() or "unknown"
+            raise RuntimeError(
+                f"{directory} is being written by another expert run (process {holder}, {lock}); wait for it to "
+                f"finish, write to another folder (--trainer.callbacks.init_args.dirpath), or delete {lock} if "
+                "that run is gone"
+            ) from None
+        except PermissionError as err:
+            raise PermissionError(f"cannot write experts to {directory}: {err.strerror}; choose a writable folder "
+                                  "with --trainer.callbacks.init_args.dirpath") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        self.locked = lock
+
+    def _unlock(self) -> None:
+        if self.locked is not None:
+            self.locked.unlink(missing_ok=True)
+            self.locked = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._unlock()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
@@ -93,15 +152,8 @@ class TrajectoryRecorder(Callback):
             return
         directory = self._directory(trainer)
         manifest = self._manifest(trainer, pl_module)
-        existing = directory / MANIFEST
-        if existing.is_file():
-            old = load_json(existing)
-            clashes = [k for k in _COMPATIBLE_KEYS if old.get(k) != manifest[k]]
-            if clashes:
-                raise ValueError(
-                    f"{directory} holds experts with a different {', '.join(clashes)}; "
-                    f"choose another folder with --trainer.callbacks.init_args.dirpath or delete it"
-                )
+        old = self._check_compatible(directory, manifest)
+        if old is not None:
             manifest["experts"] = old["experts"]
         start = len(manifest["experts"])
         for k, snaps in enumerate(self.snapshots):
@@ -110,7 +162,8 @@ class TrajectoryRecorder(Callback):
             save_tensors(directory / name, stacked, metadata={"snapshots": str(len(snaps))})
             manifest["experts"].append({"file": name, "snapshots": len(snaps)})
             self.files.append(name)
-        save_json(existing, manifest)
+        save_json(directory / MANIFEST, manifest)
+        self._unlock()
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or not self.files:
