@@ -5,7 +5,7 @@ The base owns everything a distillation method shares, so a method is little mor
 * the set ``[num_classes * ipc, C, F, T]`` (normalised feature space of the DataModule), its labels
   (hard, or learnable soft labels) and its initialisation from real samples or noise;
 * the real training split, handed once to :meth:`Distiller.hold_real_data` at fit start when the method
-  declares :attr:`Distiller.needs_real_data`;
+  overrides it (:attr:`Distiller.needs_real_data` is derived from that);
 * the step loop (manual optimisation): every training step calls the method's :meth:`Distiller.loss`
   and then :meth:`Distiller.update`, which averages the gradients over DDP ranks in one all-reduce,
   skips a non-finite update (and stops after ``max_bad_steps`` in a row), steps the optimisers and logs;
@@ -30,7 +30,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -116,7 +116,7 @@ class Distiller(L.LightningModule, ABC):
     """Base class of dataset distillers: the synthetic set as parameters, the step loop and the export.
 
     A method implements :meth:`loss` and ``configure_optimizers`` (the first optimiser's step counts the
-    global step); it declares :attr:`needs_real_data` and implements :meth:`hold_real_data` if it draws on
+    global step); it overrides :meth:`hold_real_data` if it draws on
     the real training split, and may override :meth:`after_update`, :meth:`export_extras` and
     :meth:`exported_set`. Every parameter that requires grad is trained (:meth:`trained_tensors`).
 
@@ -132,8 +132,10 @@ class Distiller(L.LightningModule, ABC):
         max_grad_norm: Clip the set's gradient to this norm before each update (None: no clipping).
     """
 
-    #: Whether the method draws on the real training split (then handed to :meth:`hold_real_data`).
-    needs_real_data: ClassVar[bool] = False
+    @property
+    def needs_real_data(self) -> bool:
+        """Whether the method draws on the real training split: it overrides :meth:`hold_real_data`."""
+        return type(self).hold_real_data is not Distiller.hold_real_data
 
     def __init__(
         self,
@@ -205,8 +207,10 @@ class Distiller(L.LightningModule, ABC):
         Args:
             features: Training features ``[N, C, F, T]``.
             labels: Their labels ``[N]``.
+
+        The base keeps nothing: a method that needs no real data leaves this alone, and the split is then
+        not computed (unless ``init: real`` needs it once).
         """
-        raise NotImplementedError(f"{type(self).__name__} needs real data but does not implement hold_real_data()")
 
     def on_fit_start(self) -> None:
         """Resolve the seed, initialise the set once (a resumed run keeps its own) and hand over the real data."""

@@ -109,7 +109,6 @@ class Condensation(Distiller):
         max_bad_steps: Consecutive non-finite steps tolerated before stopping.
     """
 
-    needs_real_data = True
 
     def __init__(
         self,

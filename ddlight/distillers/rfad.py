@@ -183,7 +183,6 @@ class RFAD(Distiller):
             without improvement at one check every 40 steps, i.e. 25 checks.
     """
 
-    needs_real_data = True
 
     def __init__(
         self,
