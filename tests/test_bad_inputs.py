@@ -665,7 +665,8 @@ def test_absurd_ipc_fails_fast_before_allocating(cls: type) -> None:
 
 def test_ipc_above_a_class_size() -> None:
     model = RFAD((1, 4, 5), 2, ipc=3, num_models=1, width=4, num_eval_models=1)
-    pattern = r"class 1 has 2 training samples, fewer than ipc=3; lower ipc to at most 2, or initialise from noise"
+    pattern = (r"classes \{1: 2\} \(class: training samples\) have fewer than ipc=3; lower ipc to at most 2, "
+               r"or initialise from noise")
     with pytest.raises(ValueError, match=pattern):
         model.initialize_from(torch.randn(5, 1, 4, 5), torch.tensor([0, 0, 0, 1, 1]))
 

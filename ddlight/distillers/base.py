@@ -38,8 +38,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddlight.evaluation.coresets import herding, random_subset
+from ddlight.evaluation.suite import embedding_network
 from ddlight.io import Synset, load_synset, save_synset
-from ddlight.recipe import soft_cross_entropy
+from ddlight.recipe import embed, soft_cross_entropy
 from ddlight.runs import run_dir
 
 __all__ = [
@@ -84,6 +86,8 @@ class _SkippedStep(Exception):
 
 #: Copies of the synthetic set a distiller holds at the least: the set, its gradient, its optimiser state.
 _SET_COPIES = 3
+#: How a synthetic set can start (``init``): see :class:`Distiller`.
+INITS = ("real", "herding", "noise")
 
 
 def _physical_memory() -> int | None:
@@ -124,7 +128,9 @@ class Distiller(L.LightningModule, ABC):
         in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
         num_classes: Number of classes (linked from ``data.num_classes``).
         ipc: Synthetic samples per class.
-        init: ``real`` (random real training samples of each class) or ``noise`` (standard normal).
+        init: ``real`` (random real training samples of each class), ``herding`` (each class's herding
+            selection in the embedding of :meth:`init_embedding_network`: the real subset whose mean
+            matches the class mean, a stronger start than a random one) or ``noise`` (standard normal).
         learn_labels: Learn soft labels (logits initialised to ``label_scale`` × one-hot).
         label_scale: Initial logit of the true class for learnable labels.
         seed: Seed of the per-step draws (:meth:`step_seed`); None uses the run's seed (``seed_everything``).
@@ -142,7 +148,7 @@ class Distiller(L.LightningModule, ABC):
         in_shape: tuple[int, int, int],
         num_classes: int,
         ipc: int = 10,
-        init: Literal["real", "noise"] = "real",
+        init: Literal["real", "herding", "noise"] = "real",
         learn_labels: bool = False,
         label_scale: float = 5.0,
         seed: int | None = None,
@@ -152,6 +158,8 @@ class Distiller(L.LightningModule, ABC):
         super().__init__()
         if ipc < 1:
             raise ValueError(f"ipc must be >= 1, got {ipc}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         if max_bad_steps < 1:
             raise ValueError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
         _check_set_size(tuple(in_shape), num_classes, ipc)
@@ -185,21 +193,32 @@ class Distiller(L.LightningModule, ABC):
 
     @torch.no_grad()
     def initialize_from(self, features: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:
-        """Set the synthetic set to ``ipc`` random real samples of each class.
+        """Set the synthetic set to ``ipc`` real samples of each class: random ones, or herding's (``init``).
 
         Raises:
             ValueError: If a class has fewer than ``ipc`` real samples.
         """
-        chosen = []
-        for c in range(self.num_classes):
-            idx = (labels == c).nonzero().flatten()
-            if len(idx) < self.ipc:
-                raise ValueError(
-                    f"class {c} has {len(idx)} training samples, fewer than ipc={self.ipc}; lower ipc to at most "
-                    f"{len(idx)}, or initialise from noise (init: noise)"
-                )
-            chosen.append(idx[torch.randperm(len(idx), generator=generator)[: self.ipc].to(idx.device)])
-        self.synthetic.copy_(features[torch.cat(chosen)].to(self.synthetic.device))
+        counts = torch.bincount(labels.cpu(), minlength=self.num_classes)
+        short = {c: int(n) for c, n in enumerate(counts.tolist()) if n < self.ipc}
+        if short:
+            raise ValueError(
+                f"classes {short} (class: training samples) have fewer than ipc={self.ipc}; lower ipc to at most "
+                f"{min(short.values())}, or initialise from noise (init: noise)"
+            )
+        if self.init == "herding":
+            chosen = herding(embed(self.init_embedding_network(features, labels), features), labels, self.ipc)
+        else:
+            chosen = random_subset(labels, self.ipc, generator)
+        self.synthetic.copy_(features[chosen.to(features.device)].to(self.synthetic.device))
+
+    def init_embedding_network(self, features: Tensor, labels: Tensor) -> nn.Module:
+        """The network whose ``embed()`` places the real samples for ``init: herding``.
+
+        The base trains a quick width-64 ConvNet on ``features`` (the evaluation's stand-in for an
+        expert, so the selection is reproducible); a method with trained networks at hand (MTT's experts)
+        returns one of those instead.
+        """
+        return embedding_network(features, labels, self.num_classes, seed=self.seed or 0)
 
     def hold_real_data(self, features: Tensor, labels: Tensor) -> None:
         """Keep the normalised real training split on the device (called at fit start if :attr:`needs_real_data`).
@@ -218,10 +237,10 @@ class Distiller(L.LightningModule, ABC):
             self.seed = torch.initial_seed() % 2**63
         fresh = not bool(self.initialized)
         real = None
-        if self.needs_real_data or (fresh and self.init == "real"):
+        if self.needs_real_data or (fresh and self.init != "noise"):
             real = self.trainer.datamodule.split_features("train", device=self.device)
         if fresh:
-            if self.init == "real":
+            if self.init != "noise":
                 self.initialize_from(*real, torch.Generator().manual_seed(torch.initial_seed() % 2**63))
             self.initialized.fill_(True)
             if self.trainer.world_size > 1:  # every rank starts from rank 0's set

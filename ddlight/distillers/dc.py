@@ -96,7 +96,7 @@ class Condensation(Distiller):
         in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
         num_classes: Number of classes (linked from ``data.num_classes``).
         ipc: Synthetic samples per class.
-        init: ``real`` (random real samples per class) or ``noise``.
+        init: ``real`` (random real samples per class), ``herding`` or ``noise`` (:class:`Distiller`).
         network: Architecture of the random networks (a name of :data:`ddlight.networks.NETWORKS`);
             prefer normalisations without running statistics (the ConvNet's instance norm).
         network_options: Its constructor options, e.g. ``{"width": 64}``.
@@ -115,7 +115,7 @@ class Condensation(Distiller):
         in_shape: tuple[int, int, int],
         num_classes: int,
         ipc: int,
-        init: Literal["real", "noise"],
+        init: Literal["real", "herding", "noise"],
         network: str,
         network_options: dict[str, Any] | None,
         lr_img: float,
@@ -212,7 +212,7 @@ class DC(Condensation):
         in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
         num_classes: Number of classes (linked from ``data.num_classes``).
         ipc: Synthetic samples per class.
-        init: ``real`` (random real samples per class) or ``noise`` (the original DC's default).
+        init: ``real`` (random real samples per class), ``herding`` or ``noise`` (the original DC's default).
         network: Architecture of the random networks (default the ConvNet of the papers).
         network_options: Its constructor options, e.g. ``{"width": 64}``.
         lr_img: SGD learning rate of the synthetic features (0.1 in the original).
@@ -232,7 +232,7 @@ class DC(Condensation):
         in_shape: tuple[int, int, int],
         num_classes: int,
         ipc: int = 10,
-        init: Literal["real", "noise"] = "real",
+        init: Literal["real", "herding", "noise"] = "real",
         network: str = "convnet",
         network_options: dict[str, Any] | None = None,
         lr_img: float = 0.1,

@@ -32,7 +32,7 @@ class DM(Condensation):
         in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
         num_classes: Number of classes (linked from ``data.num_classes``).
         ipc: Synthetic samples per class.
-        init: ``real`` (random real samples per class, the original's default) or ``noise``.
+        init: ``real`` (random real samples per class, the original's default), ``herding`` or ``noise``.
         network: Architecture of the random networks (default the ConvNet of the paper).
         network_options: Its constructor options, e.g. ``{"width": 64}``.
         lr_img: SGD learning rate of the synthetic features (1.0 in the original).
@@ -49,7 +49,7 @@ class DM(Condensation):
         in_shape: tuple[int, int, int],
         num_classes: int,
         ipc: int = 10,
-        init: Literal["real", "noise"] = "real",
+        init: Literal["real", "herding", "noise"] = "real",
         network: str = "convnet",
         network_options: dict[str, Any] | None = None,
         lr_img: float = 1.0,

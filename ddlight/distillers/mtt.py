@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Synset, soft_cross_entropy
+from ddlight.evaluation.suite import embedding_network
 from ddlight.io import load_trajectories
 from ddlight.recipe import build_expert_network
 
@@ -70,7 +71,7 @@ class MTT(Distiller):
         in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
         num_classes: Number of classes (linked from ``data.num_classes``).
         ipc: Synthetic samples per class.
-        init: ``real`` (random real samples per class) or ``noise``.
+        init: ``real`` (random real samples per class), ``herding`` (in the first expert's final embedding) or ``noise``.
         learn_labels: Learn soft labels (DATM).
         label_scale: Initial logit of the true class for learnable labels.
         expert_dir: Folder of expert trajectories written by the expert config.
@@ -106,7 +107,7 @@ class MTT(Distiller):
         in_shape: tuple[int, int, int],
         num_classes: int,
         ipc: int = 10,
-        init: Literal["real", "noise"] = "real",
+        init: Literal["real", "herding", "noise"] = "real",
         learn_labels: bool = False,
         label_scale: float = 5.0,
         expert_dir: str = "experts/synthetic",
@@ -166,6 +167,10 @@ class MTT(Distiller):
         self.build_student(manifest)
         if self.hparams.syn_lr_init is None:
             self.syn_lr.data.fill_(float(manifest["optimizer"]["lr"]))
+
+    def init_embedding_network(self, features: Tensor, labels: Tensor) -> nn.Module:
+        """The first expert at its final snapshot (``init: herding`` then picks the evaluation's herding subset)."""
+        return embedding_network(features, labels, self.num_classes, expert_dir=self.hparams.expert_dir)
 
     def build_student(self, manifest: dict[str, Any]) -> None:
         """Build the student network the experts were trained as (its own weights are never used)."""

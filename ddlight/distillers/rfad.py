@@ -154,7 +154,7 @@ class RFAD(Distiller):
         in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
         num_classes: Number of classes (linked from ``data.num_classes``).
         ipc: Synthetic samples per class.
-        init: ``real`` (random real samples of each class) or ``noise``.
+        init: ``real`` (random real samples of each class), ``herding`` or ``noise`` (:class:`Distiller`).
         learn_labels: Learn the regression targets (exported as soft labels ``softmax(logits)``).
         label_scale: Initial logit of the true class; the regression target is the centred logits
             divided by it, i.e. ``onehot - 1/K`` at initialisation.
@@ -189,7 +189,7 @@ class RFAD(Distiller):
         in_shape: tuple[int, int, int],
         num_classes: int,
         ipc: int = 10,
-        init: Literal["real", "noise"] = "real",
+        init: Literal["real", "herding", "noise"] = "real",
         learn_labels: bool = False,
         label_scale: float = 5.0,
         num_models: int = 8,

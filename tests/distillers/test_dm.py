@@ -18,6 +18,9 @@ from ddlight.cli import main
 from ddlight.data.synthetic import SyntheticSounds
 from ddlight.distillers import DM
 from ddlight.distillers.dm import mean_embedding_distance
+from ddlight.evaluation import herding
+from ddlight.evaluation.suite import embedding_network
+from ddlight.recipe import embed
 from ddlight.io import load_synset
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -108,6 +111,16 @@ class _Snapshots(Callback):
 def trainer(steps: int, tmp_path: Path, callbacks: list[Callback] | None = None) -> L.Trainer:
     return L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                      accelerator="cpu", limit_val_batches=0, default_root_dir=str(tmp_path), callbacks=callbacks)
+
+
+def test_herding_init_selects_in_the_stand_in_networks_embedding() -> None:
+    """Without experts, init: herding picks each class's herding subset in the evaluation's stand-in ConvNet."""
+    generator = torch.Generator().manual_seed(2)
+    x, y = torch.randn(30, *SHAPE, generator=generator), torch.arange(30) % 3
+    model = DM(SHAPE, 3, ipc=2, init="herding", seed=5)
+    model.initialize_from(x, y)
+    expected = x[herding(embed(embedding_network(x, y, 3, seed=5), x), y, 2)]
+    assert torch.equal(model.synthetic.detach(), expected)
 
 
 def test_training_steps_update_the_set(tmp_path: Path) -> None:

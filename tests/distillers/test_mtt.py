@@ -20,6 +20,8 @@ from ddlight.cli import main
 from ddlight.data.synthetic import SyntheticSounds
 from ddlight.distillers.base import load_synset
 from ddlight.distillers.mtt import MTT, trajectory_loss
+from ddlight.evaluation import herding
+from ddlight.recipe import embed, final_expert_networks
 from ddlight.io import load_json
 from ddlight.tasks import Classifier
 
@@ -189,6 +191,26 @@ def test_consecutive_nan_steps_stop(experts: Path) -> None:
     mtt.bad = tuple(range(5))
     with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="2 consecutive non-finite steps"):
         _trainer(5).fit(mtt, datamodule=data)
+
+
+def test_herding_init_picks_the_evaluations_herding_subset(experts: Path) -> None:
+    """init: herding starts from the subset the evaluation's herding baseline picks (first expert's embedding)."""
+    data = SyntheticSounds(**(DATA | {"train_per_class": 6}))
+    data.setup("fit")
+    x, y = data.split_features("train")
+    mtt = _mtt(experts, ipc=2, init="herding")
+    mtt.initialize_from(x, y)
+    network = final_expert_networks(experts)[1][0]
+    expected = x[herding(embed(network, x), y, 2)]
+    assert torch.equal(mtt.synthetic.detach(), expected)
+    random = _mtt(experts, ipc=2)
+    random.initialize_from(x, y, torch.Generator().manual_seed(0))
+    assert not torch.equal(random.synthetic.detach(), expected)  # 2 of 6 per class: another start than random
+
+
+def test_unknown_init_is_refused(experts: Path) -> None:
+    with pytest.raises(ValueError, match="init must be one of real, herding, noise, got 'kmeans'"):
+        _mtt(experts, init="kmeans")
 
 
 def test_syn_lr_guard() -> None:
