@@ -142,6 +142,13 @@ class TestFit:
                 torch.testing.assert_close(one[name], other[name], atol=PARITY_ATOL, rtol=0, msg=name)
         assert not torch.allclose(batched[0]["classifier.weight"], batched[1]["classifier.weight"])
 
+    @pytest.mark.parametrize("batched", [False, True])
+    def test_progress_counts_every_network_epoch(self, batched: bool) -> None:
+        x, y = toy(2, 0)
+        counts: list[int] = []
+        fit_networks(builder(), x, y, TrainRecipe(epochs=4, lr=0.01, batched=batched), repeats=3, progress=counts.append)
+        assert sum(counts) == 12 and counts == ([3] * 4 if batched else [1] * 12)
+
     def test_repeat_r_is_the_network_of_seed_plus_r(self) -> None:
         x, y = toy(3, 0)
         recipe = TrainRecipe(epochs=2, lr=0.05, batch_size=4)

@@ -57,6 +57,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ddlight.active_learning.acquisition import (
     ACQUISITIONS,
@@ -71,7 +72,7 @@ from ddlight.active_learning.acquisition import (
 )
 from ddlight.active_learning.report import TOTAL, build_results, write_results
 from ddlight.networks import build_network
-from ddlight.recipe import TrainRecipe, accuracy, embed, fit_networks, kcenter_greedy
+from ddlight.recipe import Progress, TrainRecipe, accuracy, embed, fit_networks, kcenter_greedy
 from ddlight.runs import run_dir
 
 #: Budgets (% of the pool) of every dataset in Tables 1-2 of Gudur & Thomaz.
@@ -458,18 +459,28 @@ class ActiveLearner(L.LightningModule):
             {"network": network, "strategy": strategy, "repeat": repeat, "labelled": labelled, "accuracy": accuracy}
         )
 
+    def _bar(self, total: int, description: str) -> tqdm:
+        """A bar over the network-epochs of the current round (rank zero, when the trainer shows bars)."""
+        trainer = self._trainer
+        shown = trainer is not None and trainer.is_global_zero and trainer.progress_bar_callback is not None
+        return tqdm(total=total, desc=f"round {self.rounds_done + 1}/{self.num_rounds}: {description}",
+                    unit="epoch", leave=False, disable=not shown)
+
     def _total_round(self) -> dict[str, list[float]]:
         """The "Total Training Data" row: every network trained on the whole pool, ``repeats`` times.
 
         The repeats of a network train together (seeds ``recipe.seed + r``, as in every other round).
         """
         accuracies: dict[str, list[float]] = {}
-        for network in self.networks:
-            models = self._fit(network, list(range(self.pool_size)), repeat=0, repeats=self.hparams.repeats)
-            for repeat, model in enumerate(models):
-                score = accuracy(model, self.test_x, self.test_y)
-                self._record(network, TOTAL, repeat, self.pool_size, score)
-                accuracies.setdefault(f"al/{network}/{TOTAL}", []).append(score)
+        repeats = self.hparams.repeats
+        with self._bar(len(self.networks) * repeats * self.recipe.epochs, "total training data") as bar:
+            for network in self.networks:
+                bar.set_postfix_str(f"{network}: training")
+                models = self._fit(network, list(range(self.pool_size)), 0, repeats, bar.update)
+                for repeat, model in enumerate(models):
+                    score = accuracy(model, self.test_x, self.test_y)
+                    self._record(network, TOTAL, repeat, self.pool_size, score)
+                    accuracies.setdefault(f"al/{network}/{TOTAL}", []).append(score)
         return accuracies
 
     def _acquisition_round(self, step: int) -> dict[str, list[float]]:
@@ -482,32 +493,41 @@ class ActiveLearner(L.LightningModule):
         at_budget = size in self.sizes
         grow = self.schedule[step + 1] - size if step + 1 < len(self.schedule) else 0
         accuracies: dict[str, list[float]] = {}
-        for network, strategy, repeat in self.runs():
-            key = f"{network}/{strategy}/{repeat}"
-            labelled = self.labelled[key]
-            if len(labelled) != size:
-                raise RuntimeError(
-                    f"run {key} has {len(labelled)} labelled items in the round of size {size}; the state "
-                    "comes from a study with other budgets, increment or initial_per_class"
-                )
-            model = self._fit(network, labelled, repeat)[0] if at_budget or strategy != "random" else None
-            if at_budget:
-                score = accuracy(model, self.test_x, self.test_y)
-                self._record(network, strategy, repeat, size, score)
-                accuracies.setdefault(f"al/{network}/{strategy}", []).append(score)
-            if grow:
-                with self._seeded(repeat):
-                    labelled += self.acquire_from_pool(model, strategy, labelled, grow, repeat)
+        trained = [run for run in self.runs() if at_budget or run[1] != "random"]
+        with self._bar(len(trained) * self.recipe.epochs, f"{size} labelled") as bar:
+            for run in self.runs():
+                network, strategy, repeat = run
+                key = f"{network}/{strategy}/{repeat}"
+                labelled = self.labelled[key]
+                if len(labelled) != size:
+                    raise RuntimeError(
+                        f"run {key} has {len(labelled)} labelled items in the round of size {size}; the state "
+                        "comes from a study with other budgets, increment or initial_per_class"
+                    )
+                bar.set_postfix_str(f"{key}: training")
+                model = self._fit(network, labelled, repeat, 1, bar.update)[0] if run in trained else None
+                if at_budget:
+                    score = accuracy(model, self.test_x, self.test_y)
+                    self._record(network, strategy, repeat, size, score)
+                    accuracies.setdefault(f"al/{network}/{strategy}", []).append(score)
+                if grow:
+                    bar.set_postfix_str(f"{key}: scoring the pool")
+                    with self._seeded(repeat):
+                        labelled += self.acquire_from_pool(model, strategy, labelled, grow, repeat)
         return accuracies
 
-    def _fit(self, network: str, labelled: list[int], repeat: int, repeats: int = 1) -> list[nn.Module]:
+    def _fit(
+        self, network: str, labelled: list[int], repeat: int, repeats: int = 1, progress: Progress | None = None
+    ) -> list[nn.Module]:
         """Fresh :meth:`build` s of ``network`` trained on the labelled items with the recipe of every row.
 
-        The first is seeded :meth:`_seed` of ``repeat``, the next ones ``+ 1``, ``+ 2``, ...
+        The first is seeded :meth:`_seed` of ``repeat``, the next ones ``+ 1``, ``+ 2``, ...; ``progress``
+        is told every epoch trained (:func:`~ddlight.recipe.fit_networks`).
         """
         index = torch.tensor(labelled, device=self.device)
         recipe = replace(self.recipe, seed=self._seed(repeat))
-        return fit_networks(partial(self.build, network), self.pool_x[index], self.pool_y[index], recipe, repeats)
+        build = partial(self.build, network)
+        return fit_networks(build, self.pool_x[index], self.pool_y[index], recipe, repeats, progress=progress)
 
     def acquire_from_pool(
         self, model: nn.Module | None, strategy: str, labelled: Sequence[int], k: int, repeat: int

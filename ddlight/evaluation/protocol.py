@@ -49,7 +49,7 @@ def evaluate(
         architectures: Network names, one result each.
         repeats: Fresh networks per architecture.
         network_options: Constructor options per architecture name (missing names: defaults).
-        description: Label of the progress bar.
+        description: Label of the progress bar (it counts network-epochs, all architectures together).
 
     Returns:
         ``{architecture: {"mean": %, "std": %, "runs": [% per repeat]}}``, accuracies after the last epoch.
@@ -57,8 +57,10 @@ def evaluate(
     num_classes = num_classes_of(train_targets, test_y)
     options = network_options or {}
     results = {}
-    for arch in tqdm(architectures, desc=description, leave=False):
-        build = partial(build_network, arch, tuple(train_x.shape[1:]), num_classes, **dict(options.get(arch) or {}))
-        networks = fit_networks(build, train_x, train_targets, recipe, repeats)
-        results[arch] = summarize(accuracy(network, test_x, test_y) for network in networks)
+    with tqdm(total=len(architectures) * repeats * recipe.epochs, desc=description, unit="epoch", leave=False) as bar:
+        for arch in architectures:
+            bar.set_postfix_str(arch)
+            build = partial(build_network, arch, tuple(train_x.shape[1:]), num_classes, **dict(options.get(arch) or {}))
+            networks = fit_networks(build, train_x, train_targets, recipe, repeats, progress=bar.update)
+            results[arch] = summarize(accuracy(network, test_x, test_y) for network in networks)
     return results

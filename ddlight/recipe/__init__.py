@@ -12,10 +12,11 @@ from ddlight.recipe.config import TrainRecipe
 from ddlight.recipe.experts import build_expert_network, final_expert_networks
 from ddlight.recipe.kcenter import kcenter_greedy
 from ddlight.recipe.scores import accuracy, embed, summarize
-from ddlight.recipe.training import NetworkBuilder, fit_network, fit_networks, soft_cross_entropy
+from ddlight.recipe.training import NetworkBuilder, Progress, fit_network, fit_networks, soft_cross_entropy
 
 __all__ = [
     "NetworkBuilder",
+    "Progress",
     "TrainRecipe",
     "accuracy",
     "build_expert_network",

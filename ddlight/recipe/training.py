@@ -34,6 +34,8 @@ from ddlight.recipe.config import TrainRecipe
 
 #: Builds one fresh, randomly initialised network (called under a seeded global RNG).
 NetworkBuilder = Callable[[], nn.Module]
+#: Told the number of network-epochs just trained (a progress bar's ``update``).
+Progress = Callable[[int], Any]
 
 
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -83,7 +85,9 @@ def _step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
     optimizer.step()
 
 
-def _fit_sequential(network: nn.Module, x: Tensor, targets: Tensor, recipe: TrainRecipe, draws: _Draws) -> None:
+def _fit_sequential(
+    network: nn.Module, x: Tensor, targets: Tensor, recipe: TrainRecipe, draws: _Draws, progress: Progress | None
+) -> None:
     """Train one network in place."""
     optimizer, scheduler = _optimizer(list(network.parameters()), recipe)
     network.train()
@@ -91,10 +95,17 @@ def _fit_sequential(network: nn.Module, x: Tensor, targets: Tensor, recipe: Trai
         for index in draws.batches(len(x), recipe.batch_size):
             _step(optimizer, soft_cross_entropy(network(draws.inputs(x, index)), targets[index]))
         scheduler.step()
+        if progress is not None:
+            progress(1)
 
 
 def _fit_stacked(
-    networks: list[nn.Module], x: Tensor, targets: Tensor, recipe: TrainRecipe, draws: list[_Draws]
+    networks: list[nn.Module],
+    x: Tensor,
+    targets: Tensor,
+    recipe: TrainRecipe,
+    draws: list[_Draws],
+    progress: Progress | None,
 ) -> None:
     """Train networks of one architecture together on stacked parameters, then copy them back in place."""
     params, buffers = stack_module_state(networks)
@@ -113,6 +124,8 @@ def _fit_stacked(
             inputs = torch.stack([d.inputs(x, index) for d, index in zip(draws, indices)], dim=1)
             _step(optimizer, losses(params, buffers, inputs, torch.stack([targets[i] for i in indices])).sum())
         scheduler.step()
+        if progress is not None:
+            progress(len(networks))
     stacked = params | buffers
     with torch.no_grad():
         for r, network in enumerate(networks):
@@ -121,7 +134,12 @@ def _fit_stacked(
 
 
 def fit_networks(
-    build: NetworkBuilder, x: Tensor, targets: Tensor, recipe: TrainRecipe, repeats: int = 1
+    build: NetworkBuilder,
+    x: Tensor,
+    targets: Tensor,
+    recipe: TrainRecipe,
+    repeats: int = 1,
+    progress: Progress | None = None,
 ) -> list[nn.Module]:
     """Train ``repeats`` fresh networks from ``build`` on ``(x, targets)``, network ``r`` seeded ``recipe.seed + r``.
 
@@ -135,6 +153,8 @@ def fit_networks(
         recipe: How to train (its ``lr`` must be a number; ``batched`` picks the path, see the module
             docstring).
         repeats: Number of networks.
+        progress: Called after every epoch with the number of network-epochs it trained (``repeats *
+            recipe.epochs`` in all), e.g. a progress bar's ``update``.
 
     Returns:
         The trained networks, in eval mode, in seed order.
@@ -157,9 +177,9 @@ def fit_networks(
             torch.manual_seed(seed)
             networks.append(build().to(x.device))
             if not (recipe.batched and repeats > 1):
-                _fit_sequential(networks[-1], x, targets, recipe, draw)
+                _fit_sequential(networks[-1], x, targets, recipe, draw, progress)
         if recipe.batched and repeats > 1:
-            _fit_stacked(networks, x, targets, recipe, draws)
+            _fit_stacked(networks, x, targets, recipe, draws, progress)
     return [network.eval() for network in networks]
 
 
@@ -170,6 +190,7 @@ def fit_network(
     recipe: TrainRecipe,
     architecture: str = "convnet",
     network_options: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
 ) -> AudioNetwork:
     """Train one fresh network of a registered ``architecture`` (seed ``recipe.seed``): :func:`fit_networks`.
 
@@ -180,9 +201,10 @@ def fit_network(
         recipe: How to train (numeric ``lr``).
         architecture: Name in :data:`ddlight.networks.NETWORKS`.
         network_options: Its constructor options.
+        progress: Called with 1 after every epoch (see :func:`fit_networks`).
 
     Returns:
         The trained network, in eval mode, on the device of ``x``.
     """
     build = partial(build_network, architecture, tuple(x.shape[1:]), num_classes, **dict(network_options or {}))
-    return fit_networks(build, x, targets, recipe)[0]
+    return fit_networks(build, x, targets, recipe, progress=progress)[0]

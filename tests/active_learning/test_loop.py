@@ -73,9 +73,9 @@ def learner(**kwargs: object) -> ActiveLearner:
     return ActiveLearner(SHAPE, 11, **options)
 
 
-def fit(model: ActiveLearner, data: SyntheticSounds, epochs: int = -1) -> L.Trainer:
+def fit(model: ActiveLearner, data: SyntheticSounds, epochs: int = -1, bars: bool = False) -> L.Trainer:
     trainer = L.Trainer(
-        max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=bars,
         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu",
     )
     trainer.fit(model, datamodule=data)
@@ -96,8 +96,8 @@ def trainings() -> Iterator[list[Trained]]:
     trained: list[Trained] = []
     real = loop.fit_networks
 
-    def spy(build: object, x: torch.Tensor, y: torch.Tensor, *args: object) -> list[nn.Module]:
-        networks = real(build, x, y, *args)
+    def spy(build: object, x: torch.Tensor, y: torch.Tensor, *args: object, **kwargs: object) -> list[nn.Module]:
+        networks = real(build, x, y, *args, **kwargs)
         trained.extend(Trained(len(y), str(network), has_dropout(network)) for network in networks)
         return networks
 
@@ -327,6 +327,17 @@ def test_budget_under_one_sample_per_class_is_announced_and_reported(tmp_path: P
     assert [r["labelled"] for r in model.records if r["strategy"] != TOTAL] == [11, 22]
     assert json.loads((tmp_path / RESULTS_JSON).read_text())["protocol"]["skipped_budgets"] == [message]
     assert f"B{message[1:]}." in (tmp_path / RESULTS_MD).read_text().splitlines()
+
+
+def test_rounds_show_their_training_and_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = learner(strategies=["bald"], budgets=[11, 16], repeats=1, recipe=replace(AL_RECIPE, epochs=3))
+    fit(model, small_data(), bars=True)
+    shown = capfd.readouterr().err
+    assert "round 1/3: total training data" in shown and "3/3 [" in shown  # 1 network x 3 epochs
+    assert "round 2/3: 11 labelled" in shown and "cnn4/bald/0: scoring the pool" in shown
+    assert "round 3/3: 16 labelled" in shown
 
 
 def test_every_strategy_trains_bald_s_mc_dropout_network(tmp_path: Path) -> None:
