@@ -26,6 +26,7 @@ import torch
 from jsonargparse import ArgumentParser
 from matplotlib.figure import Figure
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ddlight.data.base import AudioDataModule
 from ddlight.downstream.command import build_parser, publish, run_command
@@ -40,7 +41,7 @@ from ddlight.downstream.inputs import (
 )
 from ddlight.evaluation import resolve_lr
 from ddlight.evaluation.report import errorbar_figure, mean_std
-from ddlight.recipe import TrainRecipe, accuracy, fit_network, summarize
+from ddlight.recipe import Progress, TrainRecipe, accuracy, fit_network, summarize
 
 STUDY = "continual"
 #: Memory sources compared by default: the distilled set, a random and a herding memory of real samples.
@@ -100,6 +101,7 @@ def incremental_run(
     network_options: dict[str, Any] | None,
     recipe: dict[str, Any],
     seed: int,
+    progress: Progress | None = None,
 ) -> dict[str, list[float]]:
     """One class order: after each stage a fresh network per source, trained on the seen classes' memory.
 
@@ -111,6 +113,7 @@ def incremental_run(
         network_options: Its constructor options.
         recipe: ``lr``, ``epochs``, ``batch_size`` and ``augment`` of every network.
         seed: Seed of every network of this class order.
+        progress: Told every epoch trained (a progress bar's ``update``).
 
     Returns:
         Per source, the accuracy (%) on the seen classes after each stage.
@@ -126,7 +129,7 @@ def incremental_run(
                 x=x[keep], targets=restrict_targets(targets[keep], seen), num_classes=len(seen),
                 recipe=TrainRecipe(epochs=recipe["epochs"], lr=recipe["lr"], batch_size=recipe["batch_size"],
                                    augment=recipe["augment"], seed=seed),
-                architecture=architecture, network_options=network_options,
+                architecture=architecture, network_options=network_options, progress=progress,
             )
             accuracies[source].append(
                 accuracy(network=network, x=data.eval_x[test], y=restrict_targets(data.eval_y[test], seen))
@@ -265,12 +268,14 @@ def run(
     }
     embeddings = source_embeddings(study, sources, expert_dir, seed)
     orders, runs = [], []
-    for r in range(repeats):
-        memories = {source: source_set(study, source, per_class, embeddings, seed + r) for source in sources}
-        orders.append(class_stages(study.num_classes, stages, seed + r))
-        runs.append(
-            incremental_run(study, memories, orders[-1], architecture, network_options, recipe, seed + r)
-        )
+    with tqdm(total=repeats * stages * len(sources) * epochs, desc="continual learning", unit="epoch") as bar:
+        for r in range(repeats):
+            bar.set_postfix_str(f"class order {r + 1}/{repeats}")
+            memories = {source: source_set(study, source, per_class, embeddings, seed + r) for source in sources}
+            orders.append(class_stages(study.num_classes, stages, seed + r))
+            runs.append(incremental_run(
+                study, memories, orders[-1], architecture, network_options, recipe, seed + r, bar.update
+            ))
     report = build_report(study, per_class, architecture, network_options, recipe, orders, runs)
     publish(STUDY, "continual-learning", report, markdown(report), figure(report), out, synset)
     return report

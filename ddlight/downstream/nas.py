@@ -35,6 +35,7 @@ import torch
 from jsonargparse import ArgumentParser
 from matplotlib.figure import Figure
 from scipy.stats import rankdata
+from tqdm.auto import tqdm
 
 from ddlight.data.base import AudioDataModule
 from ddlight.downstream.command import build_parser, publish, run_command
@@ -50,7 +51,7 @@ from ddlight.downstream.inputs import (
 from ddlight.evaluation import resolve_lr
 from ddlight.evaluation.report import mean_std
 from ddlight.networks import NETWORKS, network_options
-from ddlight.recipe import TrainRecipe, accuracy, fit_network, summarize
+from ddlight.recipe import Progress, TrainRecipe, accuracy, fit_network, summarize
 
 STUDY = "nas"
 #: The reference every proxy is ranked against: the whole training split.
@@ -162,6 +163,7 @@ def train_candidates(
     epochs: int,
     recipe: dict[str, Any],
     seed: int,
+    progress: Progress | None = None,
 ) -> tuple[list[float], float]:
     """Train and score every candidate on one training set.
 
@@ -173,6 +175,7 @@ def train_candidates(
         epochs: Training epochs.
         recipe: ``lr``, ``batch_size`` and ``augment`` of every network.
         seed: Seed of every network.
+        progress: Told every epoch trained (a progress bar's ``update``).
 
     Returns:
         The accuracy (%) of each candidate on the evaluation split, and the seconds it all took.
@@ -184,7 +187,7 @@ def train_candidates(
             x=x, targets=targets, num_classes=data.num_classes,
             recipe=TrainRecipe(epochs=epochs, lr=recipe["lr"], batch_size=recipe["batch_size"],
                                augment=recipe["augment"], seed=seed),
-            architecture=candidate.architecture, network_options=candidate.options,
+            architecture=candidate.architecture, network_options=candidate.options, progress=progress,
         )
         scores.append(accuracy(network=network, x=data.eval_x, y=data.eval_y))  # reading it out synchronises
     return scores, time.perf_counter() - start
@@ -346,15 +349,19 @@ def run(
     embeddings = source_embeddings(study, proxies, expert_dir, seed)
     scores: dict[str, list[list[float]]] = {name: [] for name in [*proxies, FULL]}
     seconds = dict.fromkeys(scores, 0.0)
-    for r in range(repeats):
-        sets = {name: source_set(study, name, per_class, embeddings, seed + r) for name in proxies}
-        sets[FULL] = (study.train_x, study.train_y)
-        for name, (x, targets) in sets.items():
-            accuracies, spent = train_candidates(
-                study, x, targets, space, recipe["full_epochs"] if name == FULL else epochs, recipe, seed + r
-            )
-            scores[name].append(accuracies)
-            seconds[name] += spent
+    total = repeats * len(space) * (len(proxies) * epochs + full_epochs)
+    with tqdm(total=total, desc="architecture search", unit="epoch") as bar:
+        for r in range(repeats):
+            sets = {name: source_set(study, name, per_class, embeddings, seed + r) for name in proxies}
+            sets[FULL] = (study.train_x, study.train_y)
+            for name, (x, targets) in sets.items():
+                bar.set_postfix_str(f"seed {seed + r}: {len(space)} candidates on {name}")
+                accuracies, spent = train_candidates(
+                    study, x, targets, space, recipe["full_epochs"] if name == FULL else epochs, recipe, seed + r,
+                    bar.update,
+                )
+                scores[name].append(accuracies)
+                seconds[name] += spent
     report = build_report(study, space, recipe, top_k, scores, seconds)
     publish(STUDY, "architecture-search", report, markdown(report), figure(report), out, synset)
     return report

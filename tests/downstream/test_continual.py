@@ -55,7 +55,9 @@ def test_command_end_to_end(synset_dir: Path, data_args: list[str], capsys: pyte
     assert "| memory | 4 classes | 8 classes | 11 classes | average |" in table
     assert all(f"| {source} |" in table for source in ("synthetic", "random", "herding"))
     assert (run_dir / "continual.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "continual-learning study written to" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "continual-learning study written to" in shown.out
+    assert "continual learning: 100%" in shown.err and "36/36 [" in shown.err  # 2 orders x 3 stages x 3 sources x 2 epochs
 
 
 def test_memory_larger_than_the_set_is_refused(synset_dir: Path, data_args: list[str]) -> None:

@@ -74,7 +74,9 @@ SPACE = ("[{name: conv1, architecture: convnet, options: {width: 8, depth: 1}},"
          " {name: mlp, architecture: mlp, options: {width: 16, depth: 1}}]")
 
 
-def test_command_end_to_end(synset_dir: Path, data_args: list[str], tmp_path: Path) -> None:
+def test_command_end_to_end(
+    synset_dir: Path, data_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "nas_out"
     report = main([
         "--synset", str(synset_dir), *data_args, "--space", SPACE, "--proxies", "synthetic", "random",
@@ -100,3 +102,4 @@ def test_command_end_to_end(synset_dir: Path, data_args: list[str], tmp_path: Pa
     assert "| proxy | Spearman ρ | top-2 overlap |" in table and "| conv2 |" in table
     assert (out / "nas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (synset_dir.parent / "nas.json").exists()
+    assert "48/48 [" in capsys.readouterr().err  # the bar: 2 seeds x 3 candidates x (3 + 2 epochs on the full split)
