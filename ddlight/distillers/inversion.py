@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from tqdm.auto import tqdm
 
 from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Synset
@@ -400,8 +401,11 @@ class FRAMI(Distiller):
         return lambda n: self.generate(torch.randint(self.num_classes, (n,), device=self.device))
 
     # ----------------------------------------------------------------------------------- students
-    def train_student(self, seed: int) -> AudioNetwork:
-        """One student distilled from the teacher on synthetic inputs (seeded, global RNG restored)."""
+    def train_student(self, seed: int, progress: Callable[[int], Any] | None = None) -> AudioNetwork:
+        """One student distilled from the teacher on synthetic inputs (seeded, global RNG restored).
+
+        ``progress`` is told every step (:func:`~ddlight.distillers.kd.distil_student`).
+        """
         hp = self.hparams
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -410,12 +414,16 @@ class FRAMI(Distiller):
             return distil_student(
                 self.teacher, student.to(self.device), self.student_inputs(), hp.student_steps, hp.student_batch_size,
                 hp.student_lr, hp.kd_temperature, hp.hidden_weight if hp.reuse_hidden else 0.0, SpecAugment(),
+                progress,
             )
 
     def evaluate_students(self, x: Tensor, y: Tensor) -> dict[str, Any]:
         """Teacher and ``student_repeats`` students on real data ``x``, ``y``: the ``frami.json`` document."""
         hp = self.hparams
-        runs = [accuracy(self.train_student(seed), x, y) for seed in range(hp.student_repeats)]
+        shown = self._trainer is not None and self._trainer.progress_bar_callback is not None
+        with tqdm(total=hp.student_repeats * hp.student_steps, desc="FRAMI students", unit="step", leave=False,
+                  disable=not shown) as bar:
+            runs = [accuracy(self.train_student(seed, bar.update), x, y) for seed in range(hp.student_repeats)]
         teacher_accuracy = round(accuracy(self.teacher, x, y), 4)
         data = self.trainer.datamodule.describe() if self.trainer.datamodule is not None else {}
         return {

@@ -11,6 +11,7 @@ error is taken.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,7 @@ def distil_student(
     temperature: float = 4.0,
     hidden_weight: float = 1.0,
     augment: SpecAugment | None = None,
+    progress: Callable[[int], Any] | None = None,
 ) -> AudioNetwork:
     """Train ``student`` to imitate ``teacher`` on inputs drawn from ``inputs`` (Adam, cosine schedule).
 
@@ -93,6 +95,7 @@ def distil_student(
         temperature: Softening temperature of :func:`kd_loss`.
         hidden_weight: Weight of the hidden-state term; 0 trains on the logits only.
         augment: Augmentation applied to every batch before both networks see it.
+        progress: Called with 1 after every step (a progress bar's ``update``).
 
     Returns:
         The student, in eval mode.
@@ -131,4 +134,6 @@ def distil_student(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if progress is not None:
+                progress(1)
     return student.eval()

@@ -190,7 +190,8 @@ def test_real_training_batches_never_reach_a_loss(tmp_path: Path, data: Syntheti
     [("direct", "test", "--model.teacher"), ("generator", "val", "--model.init_args.teacher")],
 )  # both spellings of the flag; the config's own teacher path does not exist in the test's folder
 def test_cli_inverts_distils_exports_and_reconstructs(
-    tmp_path: Path, data: SyntheticSounds, synthesis: str, split: str, teacher_flag: str
+    tmp_path: Path, data: SyntheticSounds, synthesis: str, split: str, teacher_flag: str,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     teacher = write_teacher(tmp_path / "teacher.safetensors", data)
     main([
@@ -203,6 +204,7 @@ def test_cli_inverts_distils_exports_and_reconstructs(
     report = json.loads(report_path.read_text())
     assert report["method"] == "frami" and report["synthesis"] == synthesis and report["split"] == split
     assert len(report["student"]["runs"]) == 2 and 0 <= report["student"]["mean"] <= 100
+    assert "FRAMI students" in capfd.readouterr().err  # a bar over 2 students x 3 steps
     assert 0 <= report["teacher"]["accuracy"] <= 100
     assert "FRAMI student" in (report_path.parent / "frami.md").read_text()
     assert f"Real {split}-split accuracy" in (report_path.parent / "frami.md").read_text()
