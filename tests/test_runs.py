@@ -139,3 +139,49 @@ def test_signals_save_a_checkpoint_and_a_partial_set_and_exit_non_zero(
     synset = load_synset(run / "distilled")
     assert synset.manifest["partial"] is True and synset.manifest["step"] == checkpoint["global_step"]
     assert torch.equal(synset.features, checkpoint["state_dict"]["synthetic_ema"])
+
+
+#: Active learning at tiny size: 55 pool clips, 1 network, 2 strategies, budgets 22 and 33 reached in
+#: increments of 5, so the study runs 8 rounds (one Lightning epoch and one global step each).
+AL_ARGS = [
+    "--data.init_args.train_per_class=5", "--data.init_args.val_per_class=1", "--data.init_args.test_per_class=2",
+    "--data.init_args.duration=0.25", "--data.init_args.sample_rate=8000", "--data.init_args.features.n_fft=256",
+    "--data.init_args.features.hop_length=256", "--data.init_args.features.n_mels=20",
+    "--data.init_args.features.n_mfcc=10", "--model.init_args.networks=[cnn4]",
+    "--model.init_args.network_options={cnn4: {width: 4}}", "--model.init_args.strategies=[bald,random]",
+    "--model.init_args.budget_unit=count", "--model.init_args.budgets=[22,33]", "--model.init_args.repeats=1",
+    "--model.init_args.recipe.epochs=2", "--model.init_args.mc_passes=2",
+]
+
+
+def _fit_al(workdir: Path, version: int, *extra: str) -> subprocess.CompletedProcess:
+    """``ddlight fit --config configs/al_synthetic.yaml`` at tiny size in a subprocess (run folder version_N)."""
+    (workdir / "signaller.py").write_text(SIGNALLER)
+    args = ["fit", "--config", str(REPO / "configs/al_synthetic.yaml"), *AL_ARGS, "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.version={version}", *extra]
+    env = os.environ | {"PYTHONPATH": str(workdir), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "ddlight", *args], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.timeout(600)
+def test_active_learning_killed_mid_study_resumes_exactly(tmp_path: Path) -> None:
+    reference = _fit_al(tmp_path, 0)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed = _fit_al(tmp_path, 1, _signal_at(3, "SIGKILL"))
+    assert killed.returncode == -9
+    run = tmp_path / "runs/al_synthetic/lightning_logs/version_1"
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 2  # rounds 1-2 saved
+    assert not (run / "al_results.json").exists()
+
+    resumed = _fit_al(tmp_path, 1, "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = [json.loads((tmp_path / f"runs/al_synthetic/lightning_logs/version_{v}/al_results.json").read_text())
+               for v in (0, 1)]
+    assert len(results[0]["results"]) == 2 and results[0] == results[1]  # every accuracy of every budget
+    states = [torch.load(tmp_path / f"runs/al_synthetic/lightning_logs/version_{v}/checkpoints/last.ckpt",
+                         weights_only=True) for v in (0, 1)]
+    assert states[0]["global_step"] == states[1]["global_step"] == 8
+    extra = [s["state_dict"]["_extra_state"] for s in states]
+    assert len(extra[0]["labelled"]["cnn4/bald/0"]) == 33
+    assert extra[0] == extra[1]  # the labelled sets of every run, item by item, and the per-run records
