@@ -29,7 +29,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from ddlight import active_learning, data, tasks  # noqa: F401  (see below)
 from ddlight.callbacks import SaveOnInterrupt, StepProgressBar, SynsetEvaluator
 from ddlight.distillers import Distiller
-from ddlight.runs import run_dir
+from ddlight.runs import check_logger_folders, run_dir
 
 # Every ddlight LightningModule and DataModule is imported above, so jsonargparse lists them in
 # `ddlight fit --help` and resolves their short names: `--model MTT`, `--model.help RFAD`, `--data ESC50`.
@@ -97,6 +97,10 @@ class DDLightCLI(LightningCLI):
         if added:
             kwargs["callbacks"] = [*configured, *added]
         return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        """Check that every logger can write its run folder, before any data is loaded or epoch run."""
+        check_logger_folders(self.trainer)
 
     def after_fit(self) -> None:
         """Evaluate on the test split once training is done (the accuracy every run reports).

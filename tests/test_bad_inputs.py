@@ -712,6 +712,33 @@ def test_cli_data_arguments_refused_with_the_datamodules_own_error(
         cli_main(["fit", "--config", str(CONFIGS / args[0]), *args[1:]])
 
 
+TINY_DATA = ["--data.init_args.train_per_class=2", "--data.init_args.val_per_class=1",
+             "--data.init_args.test_per_class=1", "--data.init_args.duration=0.25"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "pattern"),
+    [
+        ("--trainer.logger.init_args.save_dir", r"cannot write the run folder under .*blocker/runs: .*; point "
+                                                r"--trainer.logger.init_args.save_dir .* at a writable folder"),
+        ("--trainer.callbacks.init_args.dirpath", r"cannot write experts to .*blocker/runs.*; choose a writable "
+                                                  r"folder with --trainer.callbacks.init_args.dirpath"),
+    ],
+    ids=["run-folder", "expert-folder"],
+)
+def test_cli_unwritable_output_folder_fails_before_any_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: str, pattern: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blocker").write_text("a file where a folder is wanted")
+    args = ["fit", "--config", str(CONFIGS / "expert_synthetic.yaml"), *TINY_DATA, "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false", f"{flag}={tmp_path / 'blocker/runs'}"]
+    with pytest.raises(OSError, match=pattern):
+        cli_main(args)
+    assert (tmp_path / "blocker").read_text() == "a file where a folder is wanted"  # nothing overwritten
+    assert not list(tmp_path.rglob("*.safetensors")) and not list(tmp_path.rglob("*.ckpt"))
+
+
 # ------------------------------------------------------------------------------------------ compare
 AL_RESULTS = {
     "dataset": "toy", "pool_size": 100, "num_classes": 2, "protocol": {"repeats": 1}, "total": [],

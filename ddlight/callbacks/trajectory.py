@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ddlight.augment import SpecAugment
 from ddlight.io import MANIFEST, load_json, save_json, save_tensors
+from ddlight.runs import check_writable
 
 #: Manifest keys that must agree before new experts are appended to an existing folder.
 _COMPATIBLE_KEYS = ("network", "network_options", "in_shape", "num_classes", "optimizer", "augment", "data")
@@ -97,7 +98,7 @@ class TrajectoryRecorder(Callback):
 
     def _lock(self, directory: Path) -> None:
         """Create ``directory/.lock`` (fails if another expert run holds it or the folder is not writable)."""
-        directory.mkdir(parents=True, exist_ok=True)
+        check_writable(directory, "experts to", "choose a writable folder with --trainer.callbacks.init_args.dirpath")
         lock = directory / LOCK
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -108,9 +109,6 @@ class TrajectoryRecorder(Callback):
                 f"finish, write to another folder (--trainer.callbacks.init_args.dirpath), or delete {lock} if "
                 "that run is gone"
             ) from None
-        except PermissionError as err:
-            raise PermissionError(f"cannot write experts to {directory}: {err.strerror}; choose a writable folder "
-                                  "with --trainer.callbacks.init_args.dirpath") from None
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
         self.locked = lock
