@@ -3,7 +3,7 @@
 from ddlight.distillers.base import Distiller
 from ddlight.distillers.dc import DC
 from ddlight.distillers.dm import DM
-from ddlight.distillers.inversion import FRAMI
+from ddlight.distillers.frami import FRAMI
 from ddlight.distillers.mtt import MTT
 from ddlight.distillers.rfad import RFAD
 

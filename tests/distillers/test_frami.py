@@ -15,7 +15,8 @@ from ddlight.cli import main
 from ddlight.data.synthetic import SyntheticSounds
 from ddlight.distillers import FRAMI
 from ddlight.features import FeatureConfig
-from ddlight.distillers.inversion import FeatureGenerator, batchnorm_statistics_loss, contrastive_loss
+from ddlight.distillers.frami.losses import batchnorm_statistics_loss, contrastive_loss
+from ddlight.networks.generator import FeatureGenerator
 from ddlight.io import load_synset
 from ddlight.networks import build_network
 from ddlight.networks.export import save_network

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddlight.distillers.kd import HiddenStateReuse, distil_student, kd_loss
+from ddlight.distillers.frami.kd import HiddenStateReuse, distil_student, kd_loss
 from ddlight.networks import HiddenStates, build_network
 
 SHAPE = (2, 6, 12)

@@ -15,7 +15,7 @@ No real training sample reaches a loss. From a trained teacher alone:
 2. **Knowledge distillation.** A student (by default a narrower statistics-pooling TDNN) learns from
    the teacher's softened outputs on augmented synthetic inputs and, with hidden-state reuse, from the
    teacher's hidden states before and after its statistics-pooling layer
-   (:func:`ddlight.distillers.kd.distil_student`).
+   (:func:`ddlight.distillers.frami.kd.distil_student`).
 
 3. **Evaluation.** ``student_repeats`` students (seeds 0, 1, ...) are tested on the real test split
    (last step, mean ± std) next to the teacher; ``frami.json`` / ``frami.md`` go to the run folder.
@@ -29,155 +29,30 @@ normalisation; FRAMI checks that this equals the normalisation stored with the t
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm.auto import tqdm
 
 from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Synset
-from ddlight.distillers.kd import check_hidden_states, distil_student, has_hidden_states
-from ddlight.recipe import accuracy, summarize
-from ddlight.runs import run_dir
+from ddlight.distillers.frami.kd import check_hidden_states, distil_student, has_hidden_states
+from ddlight.distillers.frami.losses import batchnorm_statistics_loss, contrastive_loss, no_terms
 from ddlight.io import atomic_write, save_json
 from ddlight.networks import AudioNetwork, build_network
 from ddlight.networks.export import load_network
+from ddlight.networks.generator import FeatureGenerator
+from ddlight.recipe import accuracy, summarize
+from ddlight.runs import run_dir
 
 REPORT_JSON = "frami.json"
 REPORT_MD = "frami.md"
 
 
-# ------------------------------------------------------------------------------------------ losses
-@contextmanager
-def batchnorm_statistics_loss(network: nn.Module) -> Iterator[list[Tensor]]:
-    """Collect DeepInversion's statistics-matching term of every batch-norm layer during forwards.
-
-    Inside the ``with`` block each forward through a batch-norm layer appends
-    ``||mean(x) - running_mean||_2 + ||var(x) - running_var||_2`` of its input (statistics over every
-    dimension but the channels) to the yielded list.
-
-    Args:
-        network: A network with batch-norm layers (their running statistics are the targets).
-
-    Yields:
-        The list the per-layer terms are appended to.
-
-    Raises:
-        ValueError: If ``network`` has no batch-norm layer with running statistics.
-    """
-    layers = [m for m in network.modules() if isinstance(m, _BatchNorm) and m.running_mean is not None]
-    if not layers:
-        raise ValueError(
-            f"{type(network).__name__} has no batch-norm layer with running statistics to match; "
-            "use a teacher trained with norm='batch' or set bn_weight 0"
-        )
-    terms: list[Tensor] = []
-
-    def hook(module: _BatchNorm, args: tuple[Tensor, ...], output: Tensor) -> None:
-        x = args[0]
-        dims = [d for d in range(x.dim()) if d != 1]
-        mean = x.mean(dim=dims)
-        var = x.var(dim=dims, unbiased=False)
-        norm = torch.linalg.vector_norm
-        terms.append(norm(mean - module.running_mean) + norm(var - module.running_var))
-
-    handles = [layer.register_forward_hook(hook) for layer in layers]
-    try:
-        yield terms
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def contrastive_loss(a: Tensor, b: Tensor, temperature: float = 0.1, labels: Tensor | None = None) -> Tensor:
-    """NT-Xent between two views: ``a[i]`` and ``b[i]`` are positives, every other row a negative.
-
-    Args:
-        a: Embeddings of the first views ``[B, E]``.
-        b: Embeddings of the second views ``[B, E]``.
-        temperature: Softmax temperature of the cosine similarities.
-        labels: Classes ``[B]``; if given, only views of the same class are negatives (the loss then asks
-            for diversity within each class and leaves the separation of classes to the class term).
-
-    Returns:
-        The mean cross-entropy of picking each view's partner among the other views it is compared with.
-    """
-    n = len(a)
-    z = F.normalize(torch.cat([a, b]), dim=1)
-    excluded = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    if labels is not None:
-        both = torch.cat([labels, labels])
-        excluded = excluded | (both[:, None] != both[None, :])
-    similarity = (z @ z.T / temperature).masked_fill(excluded, -math.inf)
-    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(similarity, partner)
-
-
-# --------------------------------------------------------------------------------------- generator
-def _batch_norm(channels: int, affine: bool = True) -> nn.BatchNorm2d:
-    """Batch norm on batch statistics in train *and* eval mode.
-
-    Running statistics would lag behind a generator that changes every step: early in a run, eval-mode
-    samples normalised with them come out far outside the feature range.
-    """
-    return nn.BatchNorm2d(channels, affine=affine, track_running_stats=False)
-
-
-class FeatureGenerator(nn.Module):
-    """Conditional generator of normalised features: ``(z, class) -> [C, F, T]``.
-
-    ``z * embedding(class)`` goes through a linear layer to a ``[2w, F/4, T/4]`` map, two
-    ``upsample x2 -> conv3x3 -> batch norm -> LeakyReLU`` blocks and a conv to ``C`` channels, then a
-    batch norm without affine parameters (outputs in the normalised feature space), cropped to
-    ``F x T`` (the DAFL / CMI generator shape, conditioned on the class). Its batch norms always use
-    the statistics of the batch being generated, so generate batches of more than one sample.
-
-    Args:
-        out_shape: ``(C, F, T)`` of one generated example.
-        num_classes: Number of classes.
-        latent_dim: Size of ``z``.
-        width: Channels ``w`` of the last hidden block.
-    """
-
-    def __init__(
-        self, out_shape: tuple[int, int, int], num_classes: int, latent_dim: int = 64, width: int = 64
-    ) -> None:
-        super().__init__()
-        channels, f, t = out_shape
-        self.out_shape = out_shape
-        self.latent_dim = latent_dim
-        self.start = (2 * width, math.ceil(f / 4), math.ceil(t / 4))
-        self.class_embedding = nn.Embedding(num_classes, latent_dim)
-        self.project = nn.Linear(latent_dim, math.prod(self.start))
-        self.body = nn.Sequential(
-            _batch_norm(2 * width),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
-            _batch_norm(2 * width),
-            nn.LeakyReLU(0.2),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * width, width, 3, padding=1),
-            _batch_norm(width),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(width, channels, 3, padding=1),
-            _batch_norm(channels, affine=False),
-        )
-
-    def forward(self, z: Tensor, labels: Tensor) -> Tensor:
-        """Features ``[B, C, F, T]`` for latents ``z`` ``[B, latent_dim]`` and labels ``[B]``."""
-        h = self.project(z * self.class_embedding(labels)).view(len(z), *self.start)
-        _, f, t = self.out_shape
-        return self.body(h)[..., :f, :t]
-
-
-# ------------------------------------------------------------------------------------------- FRAMI
 class FRAMI(Distiller):
     """Feature-rich audio model inversion and knowledge distillation from a teacher alone.
 
@@ -327,7 +202,7 @@ class FRAMI(Distiller):
         """
         hp = self.hparams
         views = self.views.train()(torch.cat([x, x]), draws)
-        with batchnorm_statistics_loss(self.teacher) if hp.bn_weight > 0 else _no_terms() as bn_terms:
+        with batchnorm_statistics_loss(self.teacher) if hp.bn_weight > 0 else no_terms() as bn_terms:
             features, logits = self.teacher_features(views)
         losses = {"ce": F.cross_entropy(logits, torch.cat([labels, labels]))}
         losses["bn"] = torch.stack(bn_terms).sum() if bn_terms else logits.new_zeros(())
@@ -404,7 +279,7 @@ class FRAMI(Distiller):
     def train_student(self, seed: int, progress: Callable[[int], Any] | None = None) -> AudioNetwork:
         """One student distilled from the teacher on synthetic inputs (seeded, global RNG restored).
 
-        ``progress`` is told every step (:func:`~ddlight.distillers.kd.distil_student`).
+        ``progress`` is told every step (:func:`~ddlight.distillers.frami.kd.distil_student`).
         """
         hp = self.hparams
         devices = [self.device] if self.device.type == "cuda" else []
@@ -471,12 +346,6 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"| FRAMI student ({student['network']}, {len(student['runs'])} seeds) "
         f"| {student['mean']:.2f} ± {student['std']:.2f} |\n"
     )
-
-
-@contextmanager
-def _no_terms() -> Iterator[list[Tensor]]:
-    """Stand-in for :func:`batchnorm_statistics_loss` when the term is switched off."""
-    yield []
 
 
 def _teacher_file(path: str) -> Path:
