@@ -12,10 +12,11 @@ from ddlight.features.mel import MFCC
 
 
 def delta(x: Tensor, width: int = 9) -> Tensor:
-    """Local regression slope along the last axis (``librosa.feature.delta`` away from the edges).
+    """Local regression slope along the last axis: ``librosa.feature.delta(x, width, mode="nearest")``.
 
     Uses ``d_t = sum_n n (x_{t+n} - x_{t-n}) / (2 sum_n n^2)`` for ``n = 1..width//2`` with edge
-    replication; librosa's Savitzky-Golay filter of order 1 gives the same values in the interior.
+    replication. librosa's default ``mode="interp"`` fits a polynomial at the edges instead, so its
+    first and last ``width // 2`` frames differ (BENCHMARKS.md, "Features against librosa").
 
     Args:
         x: Tensor ``[..., T]``.
