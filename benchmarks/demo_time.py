@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import machine, write_section
+from benchmarks.report import machine, publish
 from ddlight.io import load_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,9 +63,7 @@ def main() -> None:
         f"({row['full'].get('source', 'trained')}), g = {row.get('g')}.",
     ]
     section = "\n".join(lines)
-    print(section)
-    if args.write:
-        write_section(SECTION, section)
+    publish(SECTION, section, args.write)
 
 
 if __name__ == "__main__":

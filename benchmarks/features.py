@@ -25,7 +25,7 @@ import librosa
 import numpy as np
 import torch
 
-from benchmarks.report import machine, write_section
+from benchmarks.report import machine, publish
 from ddlight.features import FDMFCC, MFCC, LogMel
 
 SECTION = "features_vs_librosa"
@@ -144,9 +144,7 @@ def main() -> None:
         f"ddlight takes **{seconds_ours / seconds_theirs:.2f}×** librosa's time ({seconds_theirs / seconds_ours:.1f}× faster).",
     ]
     section = "\n".join(lines)
-    print(section)
-    if args.write:
-        write_section(SECTION, section)
+    publish(SECTION, section, args.write)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from jsonargparse import ArgumentParser
 
-from benchmarks.report import machine, write_section
+from benchmarks.report import machine, publish
 from ddlight.cli import main as ddlight
 from ddlight.data.base import AudioDataModule
 from ddlight.evaluation import BASELINES, DEFAULT_LR, baseline_indices, evaluate
@@ -171,9 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         f"and the full split ({args.full_epochs} epochs, one network per seed) at lr {DEFAULT_LR}). "
         f"Targets: g ≥ 0.5 at ipc 1, 0.4 at ipc 10.\n\n{text}\n"
     )
-    print(section)
-    if args.write:
-        write_section(f"quality_{args.name}_{args.split}", section)
+    publish(f"quality_{args.name}_{args.split}", section, args.write)
 
 
 if __name__ == "__main__":

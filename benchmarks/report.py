@@ -40,3 +40,10 @@ def write_section(name: str, section: str, path: Path = BENCHMARKS) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def publish(name: str, section: str, write: bool) -> None:
+    """Print ``section`` and, when ``write``, make it the ``name`` section of BENCHMARKS.md."""
+    print(section)
+    if write:
+        write_section(name, section)
