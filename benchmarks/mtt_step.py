@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks.report import machine, write_section
+from benchmarks.report import machine, publish
 from ddlight.distillers.mtt import MTT, trajectory_loss
 from ddlight.networks import build_network
 
@@ -228,7 +228,7 @@ def main() -> None:
                 ratio = f"{mib['checkpointed'] / mib['full']:.2f}" if {"full", "checkpointed"} <= set(mib) else "–"
                 lines.append(f"| {ipc} | {steps} | {' | '.join(cells)} | {ratio} |")
                 print(lines[-1], flush=True)
-        finish(SECTION + "_memory" + suffix, lines, args.write)
+        publish(SECTION + "_memory" + suffix, "\n".join(lines), args.write)
     if not args.skip_time:
         lines = [f"## MTT update: time ({'×'.join(map(str, shape))})", "", header, "",
                  f"Seconds per update (median of {args.repeats}, implementations interleaved), syn_steps "
@@ -240,15 +240,8 @@ def main() -> None:
             lines.append(f"| {ipc} | {sec['original']:.2f} | {sec['full']:.2f} | {sec['checkpointed']:.2f} | "
                          f"{sec['full'] / sec['original']:.2f} | {sec['checkpointed'] / sec['original']:.2f} |")
             print(lines[-1], flush=True)
-        finish(SECTION + "_time" + suffix, lines, args.write)
+        publish(SECTION + "_time" + suffix, "\n".join(lines), args.write)
 
-
-def finish(name: str, lines: list[str], write: bool) -> None:
-    """Print a table section and, with ``write``, put it into BENCHMARKS.md."""
-    section = "\n".join(lines)
-    print(section)
-    if write:
-        write_section(name, section)
 
 if __name__ == "__main__":
     main()
