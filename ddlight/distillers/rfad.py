@@ -60,6 +60,8 @@ def sample_random_convnets(
     networks = []
     for _ in range(num_models):
         net, _ = conv_pool_stack(channels, [[width]] * depth, (f, t), norm="none", activation="relu")
+        for relu in (m for m in net if isinstance(m, nn.ReLU)):
+            relu.inplace = True  # on the conv's output, which nothing else reads: a tenth of the step saved
         for conv in (m for m in net if isinstance(m, nn.Conv2d)):
             fan_in = conv.weight[0].numel()
             conv.weight.data.normal_(0.0, math.sqrt(2.0 / fan_in), generator=generator)
