@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -49,12 +50,27 @@ def experts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return workdir / "experts/synthetic"
 
 
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny FRAMI teacher (statpool, width 8, 1 epoch) written by ``configs/model/teacher.yaml`` on :data:`DATA`."""
+    workdir = tmp_path_factory.mktemp("teacher")
+    args = ["fit", "--config", str(REPO / "configs/expert_synthetic.yaml"), "--config",
+            str(REPO / "configs/model/teacher.yaml"), *_data_args(), "--trainer.max_epochs=1", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", "--model.init_args.network_options={width: 8, embed_dim: 8}",
+            "--test_after_fit=false"]
+    done = subprocess.run([sys.executable, "-m", "ddlight", *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir / "teachers/synthetic/network_000.safetensors"
+
+
 def _data_args() -> list[str]:
     return [f"--data.init_args.{key}={value}" for key, value in DATA.items()]
 
 
 #: Tiny settings per distiller: (config, model overrides). MTT runs its checkpointed unroll with soft labels
-#: and an EMA; RFAD validates every 2 steps so its early-stopping state crosses the interruption.
+#: and an EMA; RFAD validates every 2 steps so its early-stopping state crosses the interruption; FRAMI
+#: inverts its teacher through the conditional generator (its weights and Adam state cross it too).
 METHODS = {
     "mtt": ("mtt_synthetic", {
         "ipc": 2, "syn_steps": 3, "max_start_epoch": 2, "expert_epochs": 1, "batch_syn": 5, "ema_decay": 0.9,
@@ -62,10 +78,13 @@ METHODS = {
     "rfad": ("rfad_synthetic", {
         "ipc": 2, "num_models": 2, "width": 8, "real_batch": 16, "num_eval_models": 1, "learn_labels": "true",
         "patience": 10}),
+    "frami": ("frami_synthetic", {
+        "ipc": 2, "batch_size": 8, "synthesis": "generator", "student_repeats": 0}),
 }
 
 
-def _fit(workdir: Path, experts: Path, version: int, *extra: str, method: str = "mtt") -> subprocess.CompletedProcess:
+def _fit(workdir: Path, experts: Path, version: int, *extra: str, method: str = "mtt",
+         teacher: Path | None = None) -> subprocess.CompletedProcess:
     """``ddlight fit --config configs/<method>_synthetic.yaml`` at tiny size in a subprocess (run folder version_N)."""
     (workdir / "signaller.py").write_text(SIGNALLER)
     config, model = METHODS[method]
@@ -74,7 +93,8 @@ def _fit(workdir: Path, experts: Path, version: int, *extra: str, method: str = 
         "--trainer.max_steps=6", "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]",
         f"--trainer.logger.init_args.version={version}",
         *(f"--model.init_args.{key}={value}" for key, value in model.items()),
-        *([f"--model.init_args.expert_dir={experts}"] if method == "mtt" else ["--trainer.val_check_interval=2"]),
+        *{"mtt": [f"--model.init_args.expert_dir={experts}"], "rfad": ["--trainer.val_check_interval=2"],
+          "frami": [f"--model.init_args.teacher={teacher}"]}[method],
         *extra,
     ]
     env = os.environ | {"PYTHONPATH": str(workdir), "OMP_NUM_THREADS": "1"}
@@ -93,16 +113,17 @@ def _run_dir(workdir: Path, version: int, method: str = "mtt") -> Path:
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("method", list(METHODS))
-def test_killed_mid_run_resumes_exactly(experts: Path, tmp_path: Path, method: str) -> None:
-    reference = _fit(tmp_path, experts, 0, method=method)
+def test_killed_mid_run_resumes_exactly(experts: Path, teacher: Path, tmp_path: Path, method: str) -> None:
+    fit = partial(_fit, method=method, teacher=teacher)
+    reference = fit(tmp_path, experts, 0)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
-    killed = _fit(tmp_path, experts, 1, _signal_at(3, "SIGKILL"), method=method)
+    killed = fit(tmp_path, experts, 1, _signal_at(3, "SIGKILL"))
     assert killed.returncode == -9  # SIGKILL: no handler ran, only the checkpoints written so far remain
     assert (_run_dir(tmp_path, 1, method) / "checkpoints/last.ckpt").is_file()
     assert not (_run_dir(tmp_path, 1, method) / "distilled").exists()
 
-    resumed = _fit(tmp_path, experts, 1, "--ckpt_path=last", "--trainer.enable_progress_bar=true", method=method)
+    resumed = fit(tmp_path, experts, 1, "--ckpt_path=last", "--trainer.enable_progress_bar=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint path" in resumed.stderr + resumed.stdout
     assert re.search(r"Steps: 100%.* 6/6 ", resumed.stdout)  # one bar over the updates, resumed at step 3
@@ -111,7 +132,7 @@ def test_killed_mid_run_resumes_exactly(experts: Path, tmp_path: Path, method: s
     final = {v: torch.load(_run_dir(tmp_path, v, method) / "checkpoints/last.ckpt", weights_only=True) for v in (0, 1)}
     assert final[0]["global_step"] == final[1]["global_step"] == 6
     state, other = final[0]["state_dict"], final[1]["state_dict"]
-    assert {"synthetic", "label_logits"} <= set(state) and state.keys() == other.keys()
+    assert {"synthetic", *(["label_logits"] if method != "frami" else [])} <= set(state) and state.keys() == other.keys()
     for key in state:  # set, soft labels, step size / EMA (MTT), best snapshot (RFAD): bitwise equal on CPU
         assert torch.equal(state[key], other[key]), key
     for opt, opt_other in zip(final[0]["optimizer_states"], final[1]["optimizer_states"]):  # momentum / Adam moments
