@@ -493,10 +493,9 @@ class ActiveLearner(L.LightningModule):
         at_budget = size in self.sizes
         grow = self.schedule[step + 1] - size if step + 1 < len(self.schedule) else 0
         accuracies: dict[str, list[float]] = {}
-        trained = [run for run in self.runs() if at_budget or run[1] != "random"]
-        with self._bar(len(trained) * self.recipe.epochs, f"{size} labelled") as bar:
-            for run in self.runs():
-                network, strategy, repeat = run
+        trains = sum(at_budget or strategy != "random" for _, strategy, _ in self.runs())  # random: at budgets only
+        with self._bar(trains * self.recipe.epochs, f"{size} labelled") as bar:
+            for network, strategy, repeat in self.runs():
                 key = f"{network}/{strategy}/{repeat}"
                 labelled = self.labelled[key]
                 if len(labelled) != size:
@@ -505,7 +504,8 @@ class ActiveLearner(L.LightningModule):
                         "comes from a study with other budgets, increment or initial_per_class"
                     )
                 bar.set_postfix_str(f"{key}: training")
-                model = self._fit(network, labelled, repeat, 1, bar.update)[0] if run in trained else None
+                trained = at_budget or strategy != "random"
+                model = self._fit(network, labelled, repeat, 1, bar.update)[0] if trained else None
                 if at_budget:
                     score = accuracy(model, self.test_x, self.test_y)
                     self._record(network, strategy, repeat, size, score)

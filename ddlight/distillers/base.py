@@ -30,7 +30,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -87,7 +87,8 @@ class _SkippedStep(Exception):
 #: Copies of the synthetic set a distiller holds at the least: the set, its gradient, its optimiser state.
 _SET_COPIES = 3
 #: How a synthetic set can start (``init``): see :class:`Distiller`.
-INITS = ("real", "herding", "noise")
+Init = Literal["real", "herding", "noise"]
+INITS: tuple[str, ...] = get_args(Init)
 
 
 def _physical_memory() -> int | None:
@@ -148,7 +149,7 @@ class Distiller(L.LightningModule, ABC):
         in_shape: tuple[int, int, int],
         num_classes: int,
         ipc: int = 10,
-        init: Literal["real", "herding", "noise"] = "real",
+        init: Init = "real",
         learn_labels: bool = False,
         label_scale: float = 5.0,
         seed: int | None = None,

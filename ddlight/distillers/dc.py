@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ddlight.augment import SpecAugment
-from ddlight.distillers.base import Distiller, Synset
+from ddlight.distillers.base import Distiller, Init, Synset
 from ddlight.networks import AudioNetwork, build_network
 
 #: ``(outer_loop, inner_loop)`` of the original DC/DSA code (``get_loops``) by images per class.
@@ -115,7 +115,7 @@ class Condensation(Distiller):
         in_shape: tuple[int, int, int],
         num_classes: int,
         ipc: int,
-        init: Literal["real", "herding", "noise"],
+        init: Init,
         network: str,
         network_options: dict[str, Any] | None,
         lr_img: float,
@@ -232,7 +232,7 @@ class DC(Condensation):
         in_shape: tuple[int, int, int],
         num_classes: int,
         ipc: int = 10,
-        init: Literal["real", "herding", "noise"] = "real",
+        init: Init = "real",
         network: str = "convnet",
         network_options: dict[str, Any] | None = None,
         lr_img: float = 0.1,

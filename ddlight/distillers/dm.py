@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ddlight.distillers.base import Init
 from ddlight.distillers.dc import Condensation
 from ddlight.networks import AudioNetwork
 
@@ -49,7 +50,7 @@ class DM(Condensation):
         in_shape: tuple[int, int, int],
         num_classes: int,
         ipc: int = 10,
-        init: Literal["real", "herding", "noise"] = "real",
+        init: Init = "real",
         network: str = "convnet",
         network_options: dict[str, Any] | None = None,
         lr_img: float = 1.0,

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ddlight.augment import SpecAugment
-from ddlight.distillers.base import Distiller, Synset, soft_cross_entropy
+from ddlight.distillers.base import Distiller, Init, Synset, soft_cross_entropy
 from ddlight.evaluation.suite import embedding_network
 from ddlight.io import load_trajectories
 from ddlight.recipe import build_expert_network
@@ -107,7 +107,7 @@ class MTT(Distiller):
         in_shape: tuple[int, int, int],
         num_classes: int,
         ipc: int = 10,
-        init: Literal["real", "herding", "noise"] = "real",
+        init: Init = "real",
         learn_labels: bool = False,
         label_scale: float = 5.0,
         expert_dir: str = "experts/synthetic",

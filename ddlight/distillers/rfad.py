@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddlight.distillers.base import Distiller, derive_seed
+from ddlight.distillers.base import Distiller, Init, derive_seed
 from ddlight.networks.layers import conv_pool_stack
 
 #: Weight variance (times ``1/D``) of the random readout layer: the factor of the original's ``2 * K``.
@@ -191,7 +191,7 @@ class RFAD(Distiller):
         in_shape: tuple[int, int, int],
         num_classes: int,
         ipc: int = 10,
-        init: Literal["real", "herding", "noise"] = "real",
+        init: Init = "real",
         learn_labels: bool = False,
         label_scale: float = 5.0,
         num_models: int = 8,

@@ -11,7 +11,6 @@ error is taken.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 
 from ddlight.augment import SpecAugment
 from ddlight.networks import AudioNetwork, HiddenStates
+from ddlight.recipe import Progress
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -80,7 +80,7 @@ def distil_student(
     temperature: float = 4.0,
     hidden_weight: float = 1.0,
     augment: SpecAugment | None = None,
-    progress: Callable[[int], Any] | None = None,
+    progress: Progress | None = None,
 ) -> AudioNetwork:
     """Train ``student`` to imitate ``teacher`` on inputs drawn from ``inputs`` (Adam, cosine schedule).
 

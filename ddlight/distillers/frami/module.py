@@ -46,7 +46,7 @@ from ddlight.io import atomic_write, save_json
 from ddlight.networks import AudioNetwork, build_network
 from ddlight.networks.export import load_network
 from ddlight.networks.generator import FeatureGenerator
-from ddlight.recipe import accuracy, summarize
+from ddlight.recipe import Progress, accuracy, summarize
 from ddlight.runs import run_dir
 
 REPORT_JSON = "frami.json"
@@ -276,7 +276,7 @@ class FRAMI(Distiller):
         return lambda n: self.generate(torch.randint(self.num_classes, (n,), device=self.device))
 
     # ----------------------------------------------------------------------------------- students
-    def train_student(self, seed: int, progress: Callable[[int], Any] | None = None) -> AudioNetwork:
+    def train_student(self, seed: int, progress: Progress | None = None) -> AudioNetwork:
         """One student distilled from the teacher on synthetic inputs (seeded, global RNG restored).
 
         ``progress`` is told every step (:func:`~ddlight.distillers.frami.kd.distil_student`).
