@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ddlight.downstream.nas import (
+    SMALL_OPTIONS,
     Candidate,
     check_space,
     main,
@@ -30,6 +31,7 @@ def test_search_space_has_twenty_distinct_networks_that_all_run() -> None:
     for option in ("depth", "width", "norm", "activation", "pooling"):
         assert len({o[option] for o in options}) > 1, f"no variation of {option}"
     check_space(space)
+    assert all(c.options == SMALL_OPTIONS.get(c.architecture, {}) for c in space if c.architecture != "convnet")
     x = torch.randn(2, 3, 20, 8)
     torch.manual_seed(0)
     for candidate in space:
