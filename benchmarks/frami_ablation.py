@@ -75,15 +75,15 @@ def train_network(expert_config: Path, out: Path, seed: int, data_args: list[str
 def run_frami(frami_config: Path, teacher: Path, out: Path, seed: int, flags: list[str], data_args: list[str]) -> float:
     """One FRAMI run with one student; return the student's real-test accuracy (%).
 
-    A run already finished in ``out`` (its ``frami.json``) is reused: delete the folder to re-run it.
+    A run already finished in ``out`` (its ``students.json``) is reused: delete the folder to re-run it.
     """
-    if not any(out.rglob("frami.json")):
+    if not any(out.rglob("students.json")):
         ddlight([
             "fit", "--config", str(frami_config), *data_args, f"--model.init_args.teacher={teacher}",
-            f"--seed_everything={seed}", f"--model.init_args.seed={seed}", "--model.init_args.student_repeats=1",
+            f"--seed_everything={seed}", f"--model.init_args.seed={seed}", "--trainer.callbacks.init_args.repeats=1",
             f"--trainer.logger.init_args.save_dir={out}", *flags, *QUIET,
         ])
-    report = json.loads(max(out.rglob("frami.json"), key=lambda p: p.stat().st_mtime).read_text())
+    report = json.loads(max(out.rglob("students.json"), key=lambda p: p.stat().st_mtime).read_text())
     return float(report["student"]["runs"][0])
 
 

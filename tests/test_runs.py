@@ -79,7 +79,7 @@ METHODS = {
         "ipc": 2, "num_models": 2, "width": 8, "real_batch": 16, "num_eval_models": 1, "learn_labels": "true",
         "patience": 10}),
     "frami": ("frami_synthetic", {
-        "ipc": 2, "batch_size": 8, "synthesis": "generator", "student_repeats": 0}),
+        "ipc": 2, "batch_size": 8, "synthesis": "generator"}),
 }
 
 

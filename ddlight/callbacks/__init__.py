@@ -4,7 +4,8 @@ from ddlight.callbacks.audio_reconstruction import AudioReconstruction
 from ddlight.callbacks.interruption import SaveOnInterrupt
 from ddlight.callbacks.network_export import NetworkExport
 from ddlight.callbacks.progress import StepProgressBar
+from ddlight.callbacks.student_evaluator import StudentEvaluator
 from ddlight.callbacks.synset_evaluator import SynsetEvaluator
 from ddlight.callbacks.trajectory import TrajectoryRecorder
 
-__all__ = ["AudioReconstruction", "NetworkExport", "SaveOnInterrupt", "StepProgressBar", "SynsetEvaluator", "TrajectoryRecorder"]
+__all__ = ["AudioReconstruction", "NetworkExport", "SaveOnInterrupt", "StepProgressBar", "StudentEvaluator", "SynsetEvaluator", "TrajectoryRecorder"]

@@ -45,7 +45,7 @@ CASES: dict[str, Callable[[SyntheticSounds, dict[str, str]], Distiller]] = {
         data.feature_shape, data.num_classes, ipc=1, network_options={"width": 8}, batch_real=2),
     "FRAMI": lambda data, paths: FRAMI(
         data.feature_shape, data.num_classes, paths["teacher"], ipc=1, batch_size=8,
-        student_options={"width": 8, "embed_dim": 8}, student_repeats=0),
+        student_options={"width": 8, "embed_dim": 8}),
 }
 
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from ddlight.callbacks import StudentEvaluator
 from ddlight.cli import main
 from ddlight.data.synthetic import SyntheticSounds
-from ddlight.distillers import FRAMI
+from ddlight.distillers import DM, FRAMI
 from ddlight.features import FeatureConfig
 from ddlight.distillers.frami.losses import batchnorm_statistics_loss, contrastive_loss
 from ddlight.networks.generator import FeatureGenerator
@@ -55,7 +56,7 @@ def write_teacher(path: Path, dm: SyntheticSounds, network: str = "statpool", **
 
 def frami(teacher: Path, dm: SyntheticSounds, **kwargs: object) -> FRAMI:
     options = {"ipc": 2, "batch_size": 8, "student_options": {"width": 8, "embed_dim": 8}, "student_steps": 3,
-               "student_repeats": 1, **kwargs}
+               **kwargs}
     return FRAMI(dm.feature_shape, dm.num_classes, str(teacher), **options)
 
 
@@ -175,14 +176,25 @@ def test_real_training_batches_never_reach_a_loss(tmp_path: Path, data: Syntheti
         return (torch.full_like(x, math.nan), y) if self.trainer.training else (x, y)
 
     monkeypatch.setattr(SyntheticSounds, "on_after_batch_transfer", poisoned)
-    model = frami(teacher, data, student_repeats=1)
+    model = frami(teacher, data)
     start = model.synthetic.detach().clone()
+    students = StudentEvaluator(repeats=1)
     trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        accelerator="cpu", limit_val_batches=0, default_root_dir=str(tmp_path))
+                        accelerator="cpu", limit_val_batches=0, default_root_dir=str(tmp_path), callbacks=[students])
     trainer.fit(model, datamodule=SyntheticSounds(**DATA, features=FEATURES))
     assert torch.isfinite(model.synthetic).all() and not torch.equal(model.synthetic.detach(), start)
     assert math.isfinite(trainer.callback_metrics["train/loss"])
-    assert math.isfinite(model.report["student"]["mean"])
+    assert math.isfinite(students.report["student"]["mean"])
+
+
+def test_student_evaluator_refuses_bad_settings_and_a_distiller_without_a_teacher(data: SyntheticSounds) -> None:
+    with pytest.raises(ValueError, match="repeats"):
+        StudentEvaluator(repeats=0)
+    with pytest.raises(ValueError, match="eval_split"):
+        StudentEvaluator(eval_split="train")  # type: ignore[arg-type]
+    dm = DM(data.feature_shape, data.num_classes, ipc=1, network_options={"width": 8})
+    with pytest.raises(TypeError, match="DM.*SynsetEvaluator"):
+        StudentEvaluator().setup(L.Trainer(logger=False), dm, "fit")
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -197,18 +209,18 @@ def test_cli_inverts_distils_exports_and_reconstructs(
     teacher = write_teacher(tmp_path / "teacher.safetensors", data)
     main([
         "fit", "--config", str(CONFIGS / "frami_synthetic.yaml"), *CLI_DATA, f"{teacher_flag}={teacher}",
-        f"--model.init_args.synthesis={synthesis}", f"--model.init_args.eval_split={split}", "--model.init_args.ipc=2", "--model.init_args.batch_size=8",
+        f"--model.init_args.synthesis={synthesis}", f"--trainer.callbacks.init_args.eval_split={split}", "--model.init_args.ipc=2", "--model.init_args.batch_size=8",
         "--model.init_args.student_options={width: 8, embed_dim: 8}", "--model.init_args.student_steps=3",
-        "--model.init_args.student_repeats=2", "--trainer.max_steps=2", "--trainer.logger.init_args.save_dir=runs",
+        "--trainer.callbacks.init_args.repeats=2", "--trainer.max_steps=2", "--trainer.logger.init_args.save_dir=runs",
     ])
-    (report_path,) = tmp_path.glob("runs/**/frami.json")
+    (report_path,) = tmp_path.glob("runs/**/students.json")
     report = json.loads(report_path.read_text())
-    assert report["method"] == "frami" and report["synthesis"] == synthesis and report["split"] == split
+    assert report["method"] == "frami" and report["settings"]["synthesis"] == synthesis and report["split"] == split
     assert len(report["student"]["runs"]) == 2 and 0 <= report["student"]["mean"] <= 100
-    assert "FRAMI students" in capfd.readouterr().err  # a bar over 2 students x 3 steps
+    assert "students" in capfd.readouterr().err  # a bar over 2 students x 3 steps
     assert 0 <= report["teacher"]["accuracy"] <= 100
-    assert "FRAMI student" in (report_path.parent / "frami.md").read_text()
-    assert f"Real {split}-split accuracy" in (report_path.parent / "frami.md").read_text()
+    assert "| student (statpool, 2 seeds)" in (report_path.parent / "students.md").read_text()
+    assert f"Real {split}-split accuracy" in (report_path.parent / "students.md").read_text()
     synset = load_synset(report_path.parent / "distilled")
     assert synset.features.shape == (2 * data.num_classes, *data.feature_shape)
     assert torch.isfinite(synset.features).all() and synset.manifest["method"] == "frami"

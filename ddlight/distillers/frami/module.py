@@ -17,8 +17,9 @@ No real training sample reaches a loss. From a trained teacher alone:
    teacher's hidden states before and after its statistics-pooling layer
    (:func:`ddlight.distillers.frami.kd.distil_student`).
 
-3. **Evaluation.** ``student_repeats`` students (seeds 0, 1, ...) are tested on the real test split
-   (last step, mean ± std) next to the teacher; ``frami.json`` / ``frami.md`` go to the run folder.
+3. **Evaluation.** :class:`~ddlight.callbacks.StudentEvaluator` (in the shipped configs) has students
+   (seeds 0, 1, ...) trained by :meth:`FRAMI.train_student` and tests them on the real test split (last
+   step, mean ± std) next to the teacher; ``students.json`` / ``students.md`` go to the run folder.
 
 The synthetic set is exported like every distilled set (``distilled/synset.safetensors``), so
 :mod:`ddlight.reconstruct` turns it into audio and :class:`~ddlight.callbacks.SynsetEvaluator` can train
@@ -36,21 +37,15 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Synset
 from ddlight.distillers.frami.kd import check_hidden_states, distil_student, has_hidden_states
 from ddlight.distillers.frami.losses import batchnorm_statistics_loss, contrastive_loss, no_terms
-from ddlight.io import atomic_write, save_json
 from ddlight.networks import AudioNetwork, build_network
 from ddlight.networks.export import load_network
 from ddlight.networks.generator import FeatureGenerator
-from ddlight.recipe import Progress, accuracy, summarize
-from ddlight.runs import run_dir
-
-REPORT_JSON = "frami.json"
-REPORT_MD = "frami.md"
+from ddlight.recipe import Progress
 
 
 class FRAMI(Distiller):
@@ -92,9 +87,6 @@ class FRAMI(Distiller):
         reuse_hidden: Also match the teacher's hidden states before and after statistics pooling (the
             ablation switch; needs statistics-pooling networks on both sides).
         hidden_weight: Weight of the hidden-state term.
-        student_repeats: Students trained and tested at the end of ``fit`` (0: none).
-        eval_split: Real split the students and the teacher are tested on: ``test``, or ``val`` to tune
-            hyperparameters without looking at the test split.
         seed: Seed of the fixed generator latents of the exported set and of the per-step draws (batches,
             latents, views).
     """
@@ -127,15 +119,13 @@ class FRAMI(Distiller):
         kd_temperature: float = 4.0,
         reuse_hidden: bool = True,
         hidden_weight: float = 1.0,
-        student_repeats: int = 3,
-        eval_split: Literal["test", "val"] = "test",
         seed: int = 0,
     ) -> None:
         super().__init__(in_shape, num_classes, ipc, init="noise", seed=seed)
         if synthesis not in ("direct", "generator"):
             raise ValueError(f"synthesis must be 'direct' or 'generator', got {synthesis!r}")
-        if min(batch_size, student_steps, student_batch_size) < 1 or student_repeats < 0:
-            raise ValueError("batch_size, student_steps and student_batch_size must be >= 1, student_repeats >= 0")
+        if min(batch_size, student_steps, student_batch_size) < 1:
+            raise ValueError("batch_size, student_steps and student_batch_size must be >= 1")
         if min(bn_weight, contrastive_weight, hidden_weight) < 0 or min(lr, student_lr, kd_temperature) <= 0:
             raise ValueError("weights must be >= 0; lr, student_lr and kd_temperature > 0")
         self.save_hyperparameters(ignore=["views"])
@@ -160,7 +150,6 @@ class FRAMI(Distiller):
         self.generator: FeatureGenerator | None = None
         if synthesis == "generator":
             self.generator = FeatureGenerator(self.in_shape, num_classes, latent_dim, generator_width)
-        self.report: dict[str, Any] | None = None
 
     def train(self, mode: bool = True) -> FRAMI:
         """Switch modes, keeping the teacher in eval mode (its batch-norm statistics are the targets)."""
@@ -292,60 +281,16 @@ class FRAMI(Distiller):
                 progress,
             )
 
-    def evaluate_students(self, x: Tensor, y: Tensor) -> dict[str, Any]:
-        """Teacher and ``student_repeats`` students on real data ``x``, ``y``: the ``frami.json`` document."""
+    def student_report(self) -> dict[str, Any]:
+        """How this run is described in :class:`~ddlight.callbacks.StudentEvaluator`'s ``students.json``."""
         hp = self.hparams
-        shown = self._trainer is not None and self._trainer.progress_bar_callback is not None
-        with tqdm(total=hp.student_repeats * hp.student_steps, desc="FRAMI students", unit="step", leave=False,
-                  disable=not shown) as bar:
-            runs = [accuracy(self.train_student(seed, bar.update), x, y) for seed in range(hp.student_repeats)]
-        teacher_accuracy = round(accuracy(self.teacher, x, y), 4)
-        data = self.trainer.datamodule.describe() if self.trainer.datamodule is not None else {}
         return {
-            "dataset": data.get("dataset"),
             "method": "frami",
             "ipc": self.ipc,
-            "synthesis": hp.synthesis,
-            "contrastive": hp.contrastive,
-            "reuse_hidden": hp.reuse_hidden,
-            "split": hp.eval_split,
-            "teacher": {"network": self.teacher_header["network"], "accuracy": teacher_accuracy},
-            "student": {"network": hp.student, "options": dict(hp.student_options or {}), **summarize(runs)},
+            "settings": {"synthesis": hp.synthesis, "contrastive": hp.contrastive, "reuse_hidden": hp.reuse_hidden},
+            "teacher": {"network": self.teacher_header["network"]},
+            "student": {"network": hp.student, "options": dict(hp.student_options or {}), "steps": hp.student_steps},
         }
-
-    def on_train_end(self) -> None:
-        super().on_train_end()  # export the set
-        directory = run_dir(self.trainer)  # on every rank: the folder is broadcast under DDP
-        if not self.trainer.is_global_zero or self.hparams.student_repeats == 0:
-            return
-        x, y = self.trainer.datamodule.split_features(self.hparams.eval_split, device=self.device)
-        self.report = self.evaluate_students(x, y)
-        metrics = {
-            "eval/student_acc": self.report["student"]["mean"],
-            "eval/teacher_acc": self.report["teacher"]["accuracy"],
-        }
-        for logger in self.trainer.loggers:
-            logger.log_metrics(metrics, step=self.global_step)
-        save_json(directory / REPORT_JSON, self.report)
-        text = markdown_report(self.report)
-        atomic_write(directory / REPORT_MD, lambda tmp: tmp.write_text(text))
-        print(text, end="")
-        print(f"student evaluation written to {directory / REPORT_JSON}")
-
-
-def markdown_report(report: dict[str, Any]) -> str:
-    """The teacher and student rows of a ``frami.json`` document as a Markdown table."""
-    student = report["student"]
-    on_off = {True: "on", False: "off"}
-    switches = f"contrastive {on_off[report['contrastive']]}, hidden-state reuse {on_off[report['reuse_hidden']]}"
-    return (
-        f"Real {report['split']}-split accuracy (%) on {report['dataset']} "
-        f"(FRAMI, {report['synthesis']} synthesis, {switches}).\n\n"
-        "| model | accuracy |\n|---|---|\n"
-        f"| teacher ({report['teacher']['network']}) | {report['teacher']['accuracy']:.2f} |\n"
-        f"| FRAMI student ({student['network']}, {len(student['runs'])} seeds) "
-        f"| {student['mean']:.2f} ± {student['std']:.2f} |\n"
-    )
 
 
 def _teacher_file(path: str) -> Path:
