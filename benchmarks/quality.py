@@ -17,8 +17,13 @@ Finished runs and baselines under ``--out`` are reused, so an interrupted table 
 
     python -m benchmarks.quality --dataset synthetic
     python -m benchmarks.official_layout --out data/us8k_synthetic --per-class 200
-    python -m benchmarks.quality --dataset us8k --name us8k_layout -- --data.init_args.root data/us8k_synthetic \\
-        --data.init_args.duration 1.0 --data.init_args.features.n_fft 1024 --data.init_args.features.hop_length 512
+    python -m benchmarks.quality --dataset us8k --configs synthetic --name us8k_layout -- \\
+        --data.init_args.root data/us8k_synthetic --data.init_args.duration 1.0 \\
+        --data.init_args.features.n_fft 1024 --data.init_args.features.hop_length 512
+
+``--configs synthetic`` runs the methods with the CPU-sized settings of ``configs/<method>_synthetic.yaml``
+(and its experts' config) on the UrbanSound8K-layout data; without it the shipped GPU-scale
+``configs/<method>_us8k.yaml`` are used.
 """
 
 from __future__ import annotations
@@ -65,16 +70,22 @@ def distill(method: str, dataset: str, out: Path, ipc: int, seed: int, args: arg
     if not done:
         # MTT reads the experts; RFAD's own seed draws its random networks and real batches
         extra = [f"--model.init_args.expert_dir={args.out / 'experts'}"] if method == "mtt" else [f"--model.init_args.seed={seed}"]
-        overlay = REPO / f"configs/{method}_{dataset}_ipc{ipc}.yaml"
-        configs = ["--config", str(REPO / f"configs/{method}_{dataset}.yaml")]
+        overlay = REPO / f"configs/{method}_{args.configs}_ipc{ipc}.yaml"
+        configs = ["--config", str(REPO / f"configs/{method}_{args.configs}.yaml")]
         configs += ["--config", str(overlay)] if overlay.is_file() else []
         ddlight([
-            "fit", *configs, *args.data_args, *QUIET, *extra,
+            "fit", *configs, *data_flags(dataset, args), *QUIET, *extra,
             f"--seed_everything={seed}", f"--model.init_args.ipc={ipc}", f"--trainer.logger.init_args.save_dir={out}",
             *evaluator_args(args.split, args.epochs, args.repeats, seed), *args.method_args.get(method, []),
         ])
         done = sorted(out.rglob("evaluation.json"))
     return done[-1]
+
+
+def data_flags(dataset: str, args: argparse.Namespace) -> list[str]:
+    """The ``--data`` flags of every command: the dataset's config when the method configs are another's."""
+    switch = ["--data", str(REPO / f"configs/data/{dataset}.yaml")] if args.configs != dataset else []
+    return [*switch, *args.data_args]
 
 
 def load_data(dataset: str, data_args: list[str]) -> AudioDataModule:
@@ -130,6 +141,9 @@ def with_baselines(report: dict[str, Any], base: dict[str, Any], full_epochs: in
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="synthetic", help="configs/<method>_<dataset>.yaml and configs/data/<dataset>.yaml")
+    parser.add_argument("--configs", default=None,
+                        help="method and expert configs configs/<method>_<configs>.yaml (default: --dataset), e.g. "
+                             "synthetic for CPU-sized runs on another dataset's data")
     parser.add_argument("--name", default=None, help="table name (default: the dataset)")
     parser.add_argument("--methods", nargs="+", default=["mtt", "rfad"])
     parser.add_argument("--ipc", nargs="+", type=int, default=[1, 10])
@@ -145,11 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("data_args", nargs="*", help="after --: data overrides for every command")
     args = parser.parse_args(argv)
     args.name = args.name or args.dataset
+    args.configs = args.configs or args.dataset
     args.out = args.out or Path("runs/quality") / args.name
     args.method_args = {"mtt": args.mtt_arg, "rfad": args.rfad_arg}
     started = time.time()
     if not (args.out / "experts" / "manifest.json").is_file():  # MTT's trajectories, the coresets' embedding
-        ddlight(["fit", "--config", str(REPO / f"configs/expert_{args.dataset}.yaml"), *args.data_args, *QUIET,
+        ddlight(["fit", "--config", str(REPO / f"configs/expert_{args.configs}.yaml"), *data_flags(args.dataset, args),
+                 *QUIET,
                  f"--trainer.callbacks.init_args.dirpath={args.out / 'experts'}",
                  f"--trainer.logger.init_args.save_dir={args.out / 'expert_runs'}", "--test_after_fit=false"])
     suffix = "_val" if args.split == "val" else ""
