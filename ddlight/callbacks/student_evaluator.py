@@ -85,7 +85,10 @@ class StudentEvaluator(Callback):
         if not trainer.is_global_zero:
             return
         self.report = self.evaluate(trainer, pl_module)
-        metrics = {"eval/student_acc": self.report["student"]["mean"], "eval/teacher_acc": self.report["teacher"]["accuracy"]}
+        metrics = {
+            "eval/student_acc": self.report["student"]["mean"],
+            "eval/teacher_acc": self.report["teacher"]["accuracy"],
+        }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         save_json(directory / REPORT_JSON, self.report)

@@ -129,6 +129,7 @@ class SynsetEvaluator(Callback):
             synset.manifest["ipc"], resolve_recipe(self.recipe, synset.manifest),
             architectures=self.architectures, baselines=baselines, repeats=self.repeats, network_options=self.network_options,
             expert_dir=self.expert_dir, full=full, full_epochs=self.full_epochs, full_repeats=self.full_repeats,
+            show_progress=trainer.progress_bar_callback is not None,
         )
         metrics = {}
         for row in results:

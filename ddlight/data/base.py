@@ -150,6 +150,11 @@ class AudioDataModule(L.LightningDataModule, ABC):
     def load_splits(self) -> dict[str, WaveformSet]:
         """Return the ``train``, ``val`` and ``test`` splits (subclasses implement this)."""
 
+    @property
+    def show_progress(self) -> bool:
+        """Whether loading shows progress bars: yes, unless a trainer runs without its progress bar."""
+        return self.trainer is None or self.trainer.progress_bar_callback is not None
+
     def setup(self, stage: str | None = None) -> None:
         """Load the splits once and fit the feature normalisation on the training split."""
         if not self.splits:
@@ -164,7 +169,8 @@ class AudioDataModule(L.LightningDataModule, ABC):
                 torch.from_numpy(np.array(train.waves[i : i + 256], dtype=np.float32))
                 for i in range(0, len(train), 256)
             )
-            self.features.fit_normalization(batches, total=math.ceil(len(train) / 256))
+            total = math.ceil(len(train) / 256)
+            self.features.fit_normalization(batches, total=total, show_progress=self.show_progress)
 
     def dataset(self, split: str) -> WaveformDataset:
         """Waveform dataset of ``split`` (``setup()`` must have run)."""

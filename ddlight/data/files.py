@@ -392,7 +392,8 @@ class FileAudioDataModule(AudioDataModule):
         pool = ThreadPoolExecutor(_DECODE_THREADS)
         try:
             results = pool.map(decode, [path for path, _ in files])
-            bar = tqdm(results, total=len(files), desc=f"decode {self.name} {split}", unit="clip")
+            bar = tqdm(results, total=len(files), desc=f"decode {self.name} {split}", unit="clip",
+                       disable=not self.show_progress)
             for (path, label), result in zip(files, bar):
                 if isinstance(result, AudioDecodeError):
                     warnings.warn(f"skipping {path}: {result.reason}", stacklevel=2)

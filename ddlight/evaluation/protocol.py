@@ -37,6 +37,7 @@ def evaluate(
     repeats: int = 5,
     network_options: Mapping[str, Mapping[str, Any]] | None = None,
     description: str = "evaluate",
+    show_progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Train ``repeats`` fresh networks per architecture (seeds ``recipe.seed + r``) and test each one.
 
@@ -50,6 +51,7 @@ def evaluate(
         repeats: Fresh networks per architecture.
         network_options: Constructor options per architecture name (missing names: defaults).
         description: Label of the progress bar (it counts network-epochs, all architectures together).
+        show_progress: Show that bar (on stderr); False keeps a run quiet.
 
     Returns:
         ``{architecture: {"mean": %, "std": %, "runs": [% per repeat]}}``, accuracies after the last epoch.
@@ -57,7 +59,8 @@ def evaluate(
     num_classes = num_classes_of(train_targets, test_y)
     options = network_options or {}
     results = {}
-    with tqdm(total=len(architectures) * repeats * recipe.epochs, desc=description, unit="epoch", leave=False) as bar:
+    with tqdm(total=len(architectures) * repeats * recipe.epochs, desc=description, unit="epoch", leave=False,
+              disable=not show_progress) as bar:
         for arch in architectures:
             bar.set_postfix_str(arch)
             build = partial(build_network, arch, tuple(train_x.shape[1:]), num_classes, **dict(options.get(arch) or {}))

@@ -149,6 +149,7 @@ def evaluate_synset(
     full: bool = False,
     full_epochs: int | None = None,
     full_repeats: int | None = None,
+    show_progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate a synthetic set beside coreset baselines of the same size, for every architecture.
 
@@ -175,6 +176,7 @@ def evaluate_synset(
         full_epochs: Epochs of the full-split networks (None: ``recipe.epochs``). Fewer epochs make the
             reference cheaper but lower, which raises ``g``: reports record it.
         full_repeats: Networks trained on the full split (None: ``repeats``).
+        show_progress: Show a progress bar per set (on stderr).
 
     Returns:
         The ``results`` list of ``evaluation.json``: per architecture, ``{"architecture", "synthetic",
@@ -198,7 +200,8 @@ def evaluate_synset(
         else:
             set_recipe, set_repeats = recipe, repeats
         per_set[name] = evaluate(
-            x, targets, test_x, test_y, set_recipe, architectures, set_repeats, network_options, description=name
+            x, targets, test_x, test_y, set_recipe, architectures, set_repeats, network_options, description=name,
+            show_progress=show_progress,
         )
     results = [{"architecture": arch, **{name: per_set[name][arch] for name in sets}} for arch in architectures]
     if full and "random" in sets:

@@ -143,18 +143,21 @@ class AudioFeatures(nn.Module, ABC):
         return self.normalize(self.extract(waveform.float()))
 
     @torch.no_grad()
-    def fit_normalization(self, batches: Iterable[Tensor], total: int | None = None) -> None:
+    def fit_normalization(
+        self, batches: Iterable[Tensor], total: int | None = None, show_progress: bool = True
+    ) -> None:
         """Compute mean/std per (channel, bin) over all clips and frames of ``batches``.
 
         Args:
             batches: Iterable of waveform batches ``[B, L]`` (e.g. the training split).
             total: Number of batches, for the progress bar.
+            show_progress: Show that bar (on stderr).
         """
         count = 0
         acc = torch.zeros(self.channels, self.bins, 1, dtype=torch.float64)
         acc_sq = torch.zeros_like(acc)
         device = self.mean.device
-        for wave in tqdm(batches, total=total, desc="normalisation statistics", leave=False):
+        for wave in tqdm(batches, total=total, desc="normalisation statistics", leave=False, disable=not show_progress):
             feats = self.extract(wave.to(device).float()).double()
             acc += feats.sum(dim=(0, 3), keepdim=False).unsqueeze(-1).cpu()
             acc_sq += feats.pow(2).sum(dim=(0, 3)).unsqueeze(-1).cpu()

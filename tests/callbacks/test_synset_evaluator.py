@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import lightning as L
@@ -52,8 +53,10 @@ def test_writes_evaluation_report(tmp_path: Path, capsys: pytest.CaptureFixture)
     for name in ("synthetic", "random", "herding", "kcenter"):
         assert len(row[name]["runs"]) == 2 and 0 <= row[name]["mean"] <= 100
     assert "| convnet |" in (Path(trainer.log_dir) / "evaluation.md").read_text()
-    last_lines = capsys.readouterr().out.strip().splitlines()[-2:]
+    captured = capsys.readouterr()
+    last_lines = captured.out.strip().splitlines()[-2:]
     assert last_lines[0].startswith("| convnet |") and "evaluation.json" in last_lines[1]
+    assert not re.search(r"\d+%\|", captured.err)  # enable_progress_bar false: no evaluation bar either
     metrics = (Path(trainer.log_dir) / "metrics.csv").read_text()
     assert "eval/convnet_acc" in metrics and "eval/convnet_kcenter_acc" in metrics
     assert report["recipe"]["lr"] == 0.01 and report["recipe"]["lr_requested"] == "auto"  # no syn_lr: default
@@ -66,16 +69,17 @@ class LearnedLr(NoOpDistiller):
         return {"syn_lr": 0.037}
 
 
-def test_lr_auto_uses_the_sets_learned_step_size(tmp_path: Path) -> None:
+def test_lr_auto_uses_the_sets_learned_step_size(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     torch.set_num_threads(1)
     data = SyntheticSounds(train_per_class=3, val_per_class=1, test_per_class=2, duration=0.25, batch_size=16,
                            features=FeatureConfig(hop_length=512))
     model = LearnedLr(data.feature_shape, data.num_classes, ipc=1)
     evaluator = SynsetEvaluator(repeats=1, recipe=TrainRecipe(epochs=1), baselines=["random"], full=True,
                                 network_options={"convnet": {"width": 8, "depth": 1}})
-    trainer = L.Trainer(max_steps=1, logger=CSVLogger(tmp_path), enable_checkpointing=False, enable_progress_bar=False,
+    trainer = L.Trainer(max_steps=1, logger=CSVLogger(tmp_path), enable_checkpointing=False, enable_progress_bar=True,
                         enable_model_summary=False, callbacks=[evaluator], accelerator="cpu", limit_val_batches=0)
     trainer.fit(model, datamodule=data)
+    assert re.search(r"full: +\d+%\|", capsys.readouterr().err)  # progress bars on: the evaluation's too
     report = json.loads((Path(trainer.log_dir) / "evaluation.json").read_text())
     assert report["recipe"]["lr"] == 0.037
     assert {"full", "g"} <= set(report["results"][0])
