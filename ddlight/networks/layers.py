@@ -69,8 +69,8 @@ def activation_layer(activation: str) -> nn.Module:
     return nn.ReLU()
 
 
-def pool_layer(pooling: str, size: tuple[int, int]) -> tuple[nn.Module, tuple[int, int]]:
-    """2x2 pooling that leaves alone any spatial dimension already below 2.
+def pool_layer(pooling: str, size: tuple[int, int], min_size: int = 1) -> tuple[nn.Module, tuple[int, int]]:
+    """2x2 pooling that leaves alone any spatial dimension it would take below ``min_size``.
 
     Audio features are rectangular (e.g. 20 coefficients x 101 frames), so one axis may run out
     long before the other; that axis then stops being pooled.
@@ -78,6 +78,7 @@ def pool_layer(pooling: str, size: tuple[int, int]) -> tuple[nn.Module, tuple[in
     Args:
         pooling: One of ``"avg"``, ``"max"``, ``"none"``.
         size: ``(F, T)`` of the incoming feature map.
+        min_size: Smallest size an axis is pooled down to.
 
     Returns:
         The pooling module (``nn.Identity`` when nothing is pooled) and the outgoing ``(F, T)``.
@@ -86,7 +87,7 @@ def pool_layer(pooling: str, size: tuple[int, int]) -> tuple[nn.Module, tuple[in
         ValueError: If ``pooling`` is unknown.
     """
     _check_choice("pooling", pooling, POOLINGS)
-    kernel = tuple(2 if s >= 2 else 1 for s in size)
+    kernel = tuple(2 if s // 2 >= min_size else 1 for s in size)
     if pooling == "none" or kernel == (1, 1):
         return nn.Identity(), size
     pool = nn.AvgPool2d(kernel) if pooling == "avg" else nn.MaxPool2d(kernel)
@@ -100,6 +101,7 @@ def conv_pool_stack(
     norm: str,
     activation: str = "relu",
     pooling: str = "avg",
+    min_size: int = 1,
 ) -> tuple[nn.Sequential, tuple[int, int]]:
     """Stages of ``[conv3x3 (padding 1) -> norm -> activation]`` layers, each stage then pooled.
 
@@ -112,6 +114,7 @@ def conv_pool_stack(
         norm: Normalisation (see :func:`norm_layer`).
         activation: Activation (see :func:`activation_layer`).
         pooling: Pooling after each stage (see :func:`pool_layer`).
+        min_size: Smallest size an axis is pooled down to (see :func:`pool_layer`).
 
     Returns:
         The stack and the ``(F, T)`` of its output.
@@ -126,7 +129,7 @@ def conv_pool_stack(
                 activation_layer(activation),
             ]
             channels = width
-        pool, size = pool_layer(pooling, size)
+        pool, size = pool_layer(pooling, size, min_size)
         layers.append(pool)
     return nn.Sequential(*layers), size
 

@@ -17,9 +17,11 @@ VGG11_STAGES = ((1,), (2,), (4, 4), (8, 8), (8, 8))
 class VGG(AudioNetwork):
     """VGG conv stages (3x3 conv -> norm -> ReLU, 2x2 max pool per stage), global pool, linear.
 
-    Adapted to small rectangular spectrograms: a spatial axis below 2 stops being pooled, and a
-    global average pool replaces VGG's large fully connected head (a single linear layer, as in
-    the DC/MTT cross-architecture VGG-11).
+    Adapted to small rectangular spectrograms: an axis is not pooled below 2, and a global average
+    pool replaces VGG's large fully connected head (a single linear layer, as in the DC/MTT
+    cross-architecture VGG-11). On 32x32 images VGG-11's last stage works on 2x2 maps; on 20
+    coefficients it would work on 1x2 maps, where instance norm over two positions leaves only a
+    sign and its gradient explodes (the network then never learns), so the maps keep at least 2x2.
     """
 
     def __init__(
@@ -39,7 +41,7 @@ class VGG(AudioNetwork):
         """
         super().__init__(in_shape, num_classes)
         channels, f, t = self.in_shape
-        self.features, _ = conv_pool_stack(channels, stages, (f, t), norm, pooling="max")
+        self.features, _ = conv_pool_stack(channels, stages, (f, t), norm, pooling="max", min_size=2)
         self.embed_dim = stages[-1][-1]
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 

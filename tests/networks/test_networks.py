@@ -213,3 +213,24 @@ def test_cnn4_has_mc_dropout() -> None:
     torch.testing.assert_close(net(x), net(x))
     net.train()
     assert not torch.allclose(net(x), net(x))
+
+
+def test_vgg11_on_20_coefficients_keeps_2x2_maps_and_trains() -> None:
+    """On 20 x 32 features VGG-11's fifth stage would see 1 x 2 maps: instance norm over two positions
+    leaves a sign, its gradient explodes (first-layer norms near 100) and the network never learns."""
+    torch.manual_seed(0)
+    network = build_network("vgg11", (3, 20, 32), 11, width=8)
+    assert network.features(torch.randn(2, 3, 20, 32)).shape[2:] == (2, 2)
+    y = torch.arange(22) % 11
+    x = torch.randn(11, 3, 20, 32)[y] + 0.5 * torch.randn(22, 3, 20, 32)  # one pattern per class, noisy
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(30):
+        loss = F.cross_entropy(network(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        if not losses:
+            assert network.features[0].weight.grad.norm() < 20
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.95 * losses[0]
