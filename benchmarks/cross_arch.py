@@ -13,8 +13,8 @@ architecture, with each set's accuracy, the baselines, the full split and each s
         --set mtt=runs/quality/synthetic_herding/mtt_ipc10_seed0/lightning_logs/version_0/distilled \\
         --expert-dir runs/quality/synthetic_herding/experts --write
 
-Every evaluation goes to ``--out/<name>/<set>/evaluation.json``; one already there is reused, so an
-interrupted table resumes (delete the folder to rerun it).
+Every evaluation goes to ``--out/<name>/<set>/<architecture>/evaluation.json``; one already there is
+reused, so an interrupted table resumes (delete a folder to evaluate that set or architecture again).
 """
 
 from __future__ import annotations
@@ -49,19 +49,26 @@ def parse_set(text: str) -> tuple[str, Path]:
     return name, Path(folder)
 
 
-def evaluate_set(name: str, folder: Path, out: Path, first: bool, args: argparse.Namespace) -> dict[str, Any]:
-    """One set's ``evaluation.json`` (run unless already in ``out``); the first set adds the references."""
-    path = out / "evaluation.json"
-    if not path.is_file():
-        evaluation([
-            "--synset", str(folder), "--data", str(args.data), "--out", str(out),
-            "--architectures", *args.architectures, "--network_options", json.dumps(OPTIONS),
-            "--repeats", str(args.repeats), "--recipe.epochs", str(args.epochs), "--recipe.seed", str(args.seed),
-            "--baselines", *(["random", "herding"] if first else []), "--full", str(first).lower(),
-            "--full_repeats", str(args.full_repeats),
-            *(["--expert_dir", str(args.expert_dir)] if args.expert_dir else []),
-        ])
-    return read_report(path)
+def evaluate_set(folder: Path, out: Path, first: bool, args: argparse.Namespace) -> dict[str, Any]:
+    """One set's report on every architecture; the first set adds the references.
+
+    Each architecture is evaluated on its own into ``out/<architecture>/evaluation.json`` (reused when
+    there), so one architecture can be evaluated again without the others.
+    """
+    reports = []
+    for architecture in args.architectures:
+        path = out / architecture / "evaluation.json"
+        if not path.is_file():
+            evaluation([
+                "--synset", str(folder), "--data", str(args.data), "--out", str(path.parent),
+                "--architectures", architecture, "--network_options", json.dumps(OPTIONS),
+                "--repeats", str(args.repeats), "--recipe.epochs", str(args.epochs), "--recipe.seed", str(args.seed),
+                "--baselines", *(["random", "herding"] if first else []), "--full", str(first).lower(),
+                "--full_repeats", str(args.full_repeats),
+                *(["--expert_dir", str(args.expert_dir)] if args.expert_dir else []),
+            ])
+        reports.append(read_report(path))
+    return reports[0] | {"results": [row for report in reports for row in report["results"]]}
 
 
 def table(reports: dict[str, dict[str, Any]]) -> str:
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     start, load = time.perf_counter(), os.getloadavg()[0]
     reports = {
-        name: evaluate_set(name, folder, args.out / args.name / name, i == 0, args)
+        name: evaluate_set(folder, args.out / args.name / name, i == 0, args)
         for i, (name, folder) in enumerate(args.sets)
     }
     minutes = (time.perf_counter() - start) / 60
