@@ -32,7 +32,8 @@ class TeacherStudentDistiller(Protocol):
 
     def student_report(self) -> dict[str, Any]:
         """The report's description of the run: ``method``, ``ipc``, ``settings`` (shown in the title),
-        ``teacher`` and ``student`` (``network`` and ``options``); accuracies are added by the callback."""
+        ``teacher`` (``network``) and ``student`` (``network``, ``options`` and ``steps``, the length of one
+        student's training, which sizes the progress bar); accuracies are added by the callback."""
 
 
 class StudentEvaluator(Callback):
