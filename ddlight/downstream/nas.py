@@ -21,13 +21,22 @@ accuracies averaged over seeds):
 reported as mean ± std over seeds, beside the time spent training and scoring every candidate on the proxy
 and the **time saved** against the full split. Writes ``nas.json``, ``nas.md`` and ``nas.png`` (proxy
 against full-data accuracy per candidate) next to the distilled folder (or into ``--out``).
+
+The reference is most of the study's cost (the full split is ~100x a proxy's size). With
+``--reference_cache DIR`` each full-split score is kept in ``DIR`` (one JSON per candidate and seed, keyed
+by the real data's content, the candidate and the recipe), so comparing several sets of the same data (at
+the same ``lr``) trains the reference once. An entry stays valid while the networks' code does not change:
+delete the folder after changing a network.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -50,6 +59,7 @@ from ddlight.downstream.inputs import (
 )
 from ddlight.evaluation import resolve_lr
 from ddlight.evaluation.report import mean_std
+from ddlight.io import load_json, save_json
 from ddlight.networks import NETWORKS, network_options
 from ddlight.recipe import Progress, TrainRecipe, accuracy, fit_network, summarize
 
@@ -184,11 +194,11 @@ def train_candidates(
         progress: Told every epoch trained (a progress bar's ``update``).
 
     Returns:
-        The accuracy (%) of each candidate on the evaluation split, and the seconds it all took.
+        The accuracy (%) of each candidate on the evaluation split, and the seconds each took.
     """
-    start = time.perf_counter()
-    scores = []
+    scores, seconds = [], []
     for candidate in space:
+        start = time.perf_counter()
         network = fit_network(
             x=x, targets=targets, num_classes=data.num_classes,
             recipe=TrainRecipe(epochs=epochs, lr=recipe["lr"], batch_size=recipe["batch_size"],
@@ -196,7 +206,82 @@ def train_candidates(
             architecture=candidate.architecture, network_options=candidate.options, progress=progress,
         )
         scores.append(accuracy(network=network, x=data.eval_x, y=data.eval_y))  # reading it out synchronises
-    return scores, time.perf_counter() - start
+        seconds.append(time.perf_counter() - start)
+    return scores, seconds
+
+
+class ReferenceCache:
+    """Full-split scores kept on disk, one JSON per candidate and seed, to share the reference between studies.
+
+    An entry's key is the content of the real data (training and evaluation split), the candidate
+    (architecture and options), the seed and everything of the recipe that changes the network; its value is
+    the accuracy and the seconds the training took (so a reused reference still reports its real cost).
+
+    Args:
+        root: The cache folder (created on the first entry).
+        data: The real data every entry is trained and scored on.
+        recipe: ``full_epochs``, ``lr``, ``batch_size``, ``augment`` of the reference.
+        device: Where the networks train (CPU and GPU results differ in their last digits).
+    """
+
+    def __init__(self, root: str | Path, data: StudyData, recipe: dict[str, Any], device: str) -> None:
+        self.root = Path(root)
+        digest = hashlib.sha256()
+        for tensor in (data.train_x, data.train_y, data.eval_x, data.eval_y):
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        self.base = {
+            "data": digest.hexdigest(), "device": torch.device(device).type,
+            **{key: recipe[key] for key in ("full_epochs", "lr", "batch_size", "augment")},
+        }
+
+    def path(self, candidate: Candidate, seed: int) -> Path:
+        """The entry's file: a hash of its key."""
+        key = {**self.base, "architecture": candidate.architecture, "options": candidate.options, "seed": seed}
+        name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        return self.root / f"{name}.json"
+
+    def get(self, candidate: Candidate, seed: int) -> tuple[float, float] | None:
+        """The stored ``(accuracy, seconds)`` of a candidate and seed, or None."""
+        path = self.path(candidate, seed)
+        if not path.is_file():
+            return None
+        entry = load_json(path)
+        return float(entry["accuracy"]), float(entry["seconds"])
+
+    def put(self, candidate: Candidate, seed: int, accuracy: float, seconds: float) -> None:
+        """Store a candidate's score (atomically: an interrupted write leaves no entry)."""
+        save_json(self.path(candidate, seed), {
+            **self.base, "name": candidate.name, "architecture": candidate.architecture,
+            "options": candidate.options, "seed": seed, "accuracy": accuracy, "seconds": seconds,
+        })
+
+
+def train_reference(
+    data: StudyData,
+    space: Sequence[Candidate],
+    recipe: dict[str, Any],
+    seed: int,
+    cache: ReferenceCache | None,
+    progress: Progress | None = None,
+) -> tuple[list[float], list[float]]:
+    """Each candidate's score on the full training split: from ``cache`` where it holds it, else trained.
+
+    Returns:
+        The accuracy (%) and the training seconds of each candidate (stored ones for cached candidates).
+    """
+    scores, seconds = [], []
+    for candidate in space:
+        entry = cache.get(candidate, seed) if cache else None
+        if entry is None:
+            [score], [spent] = train_candidates(
+                data, data.train_x, data.train_y, [candidate], recipe["full_epochs"], recipe, seed, progress
+            )
+            if cache:
+                cache.put(candidate, seed, score, spent)
+            entry = score, spent
+        scores.append(entry[0])
+        seconds.append(entry[1])
+    return scores, seconds
 
 
 def build_report(
@@ -266,6 +351,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {p['seconds']:.1f} | {100 * p['time_saved']:.1f} % ({p['speedup']:.1f}×) |"
         )
     lines.append(f"| {FULL} (reference) | | | | {report['full_seconds']:.1f} | |")
+    if report.get("full_reused"):
+        lines += ["", f"{report['full_reused']} of the reference's {len(report['candidates']) * recipe['repeats']} "
+                  "scores were reused from the reference cache (their time is the one recorded when they were trained)."]
     lines += ["", "| candidate | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
     for c in report["candidates"]:
         lines.append(f"| {c['name']} | " + " | ".join(mean_std(c[s]) for s in sets) + " |")
@@ -306,6 +394,7 @@ def run(
     expert_dir: str | None = None,
     eval_split: Literal["val", "test"] = "val",
     seed: int = 0,
+    reference_cache: str | None = None,
     out: str | None = None,
     device: str = "cuda" if torch.cuda.is_available() else "cpu",
 ) -> dict[str, Any]:
@@ -327,6 +416,8 @@ def run(
         expert_dir: Expert trajectories whose final expert embeds real data for herding / k-center.
         eval_split: Real split the candidates are scored on.
         seed: Base seed.
+        reference_cache: Folder that keeps the full-split scores (:class:`ReferenceCache`): those already
+            there are reused, the others are trained and added.
         out: Output folder (default: the parent of ``synset``).
         device: Where to train.
 
@@ -353,22 +444,26 @@ def run(
         "batch_size": batch_size, "augment": augment, "repeats": repeats, "seed": seed, "split": eval_split,
     }
     embeddings = source_embeddings(study, proxies, expert_dir, seed)
+    cache = ReferenceCache(reference_cache, study, recipe, device) if reference_cache else None
+    seeds = range(seed, seed + repeats)
+    uncached = sum(cache is None or cache.get(candidate, s) is None for s in seeds for candidate in space)
     scores: dict[str, list[list[float]]] = {name: [] for name in [*proxies, FULL]}
     seconds = dict.fromkeys(scores, 0.0)
-    total = repeats * len(space) * (len(proxies) * epochs + full_epochs)
+    total = repeats * len(space) * len(proxies) * epochs + uncached * full_epochs
     with tqdm(total=total, desc="architecture search", unit="epoch") as bar:
-        for r in range(repeats):
-            sets = {name: source_set(study, name, per_class, embeddings, seed + r) for name in proxies}
-            sets[FULL] = (study.train_x, study.train_y)
-            for name, (x, targets) in sets.items():
-                bar.set_postfix_str(f"seed {seed + r}: {len(space)} candidates on {name}")
-                accuracies, spent = train_candidates(
-                    study, x, targets, space, recipe["full_epochs"] if name == FULL else epochs, recipe, seed + r,
-                    bar.update,
-                )
+        for s in seeds:
+            for name in proxies:
+                x, targets = source_set(study, name, per_class, embeddings, s)
+                bar.set_postfix_str(f"seed {s}: {len(space)} candidates on {name}")
+                accuracies, spent = train_candidates(study, x, targets, space, epochs, recipe, s, bar.update)
                 scores[name].append(accuracies)
-                seconds[name] += spent
+                seconds[name] += sum(spent)
+            bar.set_postfix_str(f"seed {s}: {len(space)} candidates on {FULL}")
+            accuracies, spent = train_reference(study, space, recipe, s, cache, bar.update)
+            scores[FULL].append(accuracies)
+            seconds[FULL] += sum(spent)
     report = build_report(study, space, recipe, top_k, scores, seconds)
+    report["full_reused"] = repeats * len(space) - uncached
     publish(STUDY, "architecture-search", report, markdown(report), figure(report), out, synset)
     return report
 

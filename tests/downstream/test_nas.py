@@ -105,3 +105,23 @@ def test_command_end_to_end(
     assert (out / "nas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (synset_dir.parent / "nas.json").exists()
     assert "48/48 [" in capsys.readouterr().err  # the bar: 2 seeds x 3 candidates x (3 + 2 epochs on the full split)
+
+
+def test_reference_cache_trains_the_full_split_once(
+    synset_dir: Path, data_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "reference"
+    common = [
+        "--synset", str(synset_dir), *data_args, "--space", SPACE, "--proxies", "random", "--repeats", "2",
+        "--epochs", "2", "--full_epochs", "3", "--top_k", "2", "--device", "cpu", "--reference_cache", str(cache),
+    ]
+    first = main([*common, "--out", str(tmp_path / "first")])
+    assert "30/30 [" in capsys.readouterr().err  # 2 seeds x 3 candidates x (2 + 3 epochs)
+    assert len(list(cache.glob("*.json"))) == 6 and first["full_reused"] == 0
+    second = main([*common, "--out", str(tmp_path / "second")])
+    assert "12/12 [" in capsys.readouterr().err  # the proxy only: the full split comes from the cache
+    assert second["full_reused"] == 6 and second["full_seconds"] == first["full_seconds"]
+    assert [c["full"] for c in second["candidates"]] == [c["full"] for c in first["candidates"]]
+    assert "6 of the reference's 6 scores were reused" in (tmp_path / "second" / "nas.md").read_text()
+    main([*common, "--lr", "0.02", "--out", str(tmp_path / "third")])  # another recipe: another reference
+    assert "30/30 [" in capsys.readouterr().err and len(list(cache.glob("*.json"))) == 12
