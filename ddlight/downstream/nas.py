@@ -22,7 +22,7 @@ reported as mean ± std over seeds, beside the time spent training and scoring e
 and the **time saved** against the full split. Writes ``nas.json``, ``nas.md`` and ``nas.png`` (proxy
 against full-data accuracy per candidate) next to the distilled folder (or into ``--out``).
 
-The reference is most of the study's cost (the full split is ~100x a proxy's size). With
+The reference is most of the study's cost (SyntheticSounds at ipc 10: about 6x a proxy's time). With
 ``--reference_cache DIR`` each full-split score is kept in ``DIR`` (one JSON per candidate and seed, keyed
 by the real data's content, the candidate and the recipe), so comparing several sets of the same data (at
 the same ``lr``) trains the reference once. An entry stays valid while the networks' code does not change:
