@@ -32,7 +32,7 @@ def distilled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("distilled")
     experts = work / "experts"
     ddlight(["fit", "--config", str(REPO / "configs/expert_synthetic.yaml"), *DATA, *QUIET, "--trainer.max_epochs=2",
-             "--trainer.logger=false", "--model.init_args.num_models=1", "--model.init_args.network_options.width=8",
+             "--trainer.logger=false", f"--trainer.default_root_dir={work}", "--model.init_args.num_models=1", "--model.init_args.network_options.width=8",
              f"--trainer.callbacks.init_args.dirpath={experts}"])
     sets = {}
     for method, model in METHODS.items():
