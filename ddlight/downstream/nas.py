@@ -352,8 +352,9 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines.append(f"| {FULL} (reference) | | | | {report['full_seconds']:.1f} | |")
     if report.get("full_reused"):
-        lines += ["", f"{report['full_reused']} of the reference's {len(report['candidates']) * recipe['repeats']} "
-                  "scores were reused from the reference cache (their time is the one recorded when they were trained)."]
+        total = len(report["candidates"]) * recipe["repeats"]
+        lines += ["", f"{report['full_reused']} of the reference's {total} scores were reused from the reference "
+                  "cache (their time is the one recorded when they were trained)."]
     lines += ["", "| candidate | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
     for c in report["candidates"]:
         lines.append(f"| {c['name']} | " + " | ".join(mean_std(c[s]) for s in sets) + " |")

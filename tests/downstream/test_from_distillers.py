@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 #: The tiny data of tests/downstream/conftest.py, as overrides of configs/data/synthetic.yaml.
 DATA = [
     "--data.init_args.train_per_class=3", "--data.init_args.val_per_class=2", "--data.init_args.test_per_class=2",
-    "--data.init_args.duration=0.25", "--data.init_args.features.n_fft=1024", "--data.init_args.features.hop_length=512",
+    "--data.init_args.duration=0.25", "--data.init_args.features.n_fft=1024",
+    "--data.init_args.features.hop_length=512",
 ]
 QUIET = ["--trainer.enable_progress_bar=false", "--test_after_fit=false"]
 #: Tiny settings of each distiller (ipc 2: the tiny data has 3 training clips per class).
@@ -32,13 +33,14 @@ def distilled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("distilled")
     experts = work / "experts"
     ddlight(["fit", "--config", str(REPO / "configs/expert_synthetic.yaml"), *DATA, *QUIET, "--trainer.max_epochs=2",
-             "--trainer.logger=false", f"--trainer.default_root_dir={work}", "--model.init_args.num_models=1", "--model.init_args.network_options.width=8",
-             f"--trainer.callbacks.init_args.dirpath={experts}"])
+             "--trainer.logger=false", f"--trainer.default_root_dir={work}", "--model.init_args.num_models=1",
+             "--model.init_args.network_options.width=8", f"--trainer.callbacks.init_args.dirpath={experts}"])
     sets = {}
     for method, model in METHODS.items():
         extra = [f"--model.init_args.expert_dir={experts}"] if method == "mtt" else []
         ddlight(["fit", "--config", str(REPO / f"configs/{method}_synthetic.yaml"), *DATA, *QUIET, *model, *extra,
-                 "--trainer.max_steps=3", "--trainer.callbacks=[]", f"--trainer.logger.init_args.save_dir={work / method}"])
+                 "--trainer.max_steps=3", "--trainer.callbacks=[]",
+                 f"--trainer.logger.init_args.save_dir={work / method}"])
         sets[method] = work / method / "lightning_logs/version_0/distilled"
     return sets
 
