@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from functools import partial
@@ -99,7 +100,13 @@ def _fit(workdir: Path, experts: Path, version: int, *extra: str, method: str = 
     ]
     env = os.environ | {"PYTHONPATH": str(workdir), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "ddlight", *args], cwd=workdir, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """Give the run Ctrl-C's default action: a shell starts background jobs (``make test &``) with SIGINT ignored,
+    which Python and so the run would inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _signal_at(step: int, name: str) -> str:
@@ -182,7 +189,13 @@ def _fit_al(workdir: Path, version: int, *extra: str) -> subprocess.CompletedPro
             f"--trainer.logger.init_args.version={version}", *extra]
     env = os.environ | {"PYTHONPATH": str(workdir), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "ddlight", *args], cwd=workdir, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """Give the run Ctrl-C's default action: a shell starts background jobs (``make test &``) with SIGINT ignored,
+    which Python and so the run would inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.timeout(600)
