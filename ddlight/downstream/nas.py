@@ -240,12 +240,15 @@ class ReferenceCache:
         name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
         return self.root / f"{name}.json"
 
+    def holds(self, candidate: Candidate, seed: int) -> bool:
+        """Whether a candidate and seed have an entry."""
+        return self.path(candidate, seed).is_file()
+
     def get(self, candidate: Candidate, seed: int) -> tuple[float, float] | None:
         """The stored ``(accuracy, seconds)`` of a candidate and seed, or None."""
-        path = self.path(candidate, seed)
-        if not path.is_file():
+        if not self.holds(candidate, seed):
             return None
-        entry = load_json(path)
+        entry = load_json(self.path(candidate, seed))
         return float(entry["accuracy"]), float(entry["seconds"])
 
     def put(self, candidate: Candidate, seed: int, accuracy: float, seconds: float) -> None:
@@ -291,6 +294,7 @@ def build_report(
     top: int,
     scores: dict[str, list[list[float]]],
     seconds: dict[str, float],
+    full_reused: int = 0,
 ) -> dict[str, Any]:
     """The ``nas.json`` document.
 
@@ -301,11 +305,12 @@ def build_report(
         top: ``k`` of the top-k overlap.
         scores: Per proxy and ``full``, per repeat, each candidate's accuracy.
         seconds: Per proxy and ``full``, the seconds spent over every repeat.
+        full_reused: How many of the full split's scores came from the reference cache.
 
     Returns:
         ``candidates`` (per candidate and training set: mean, std, runs over seeds), ``proxies`` (per proxy:
         ``rho``, ``top_k_overlap``, ``regret`` as mean, std, runs over seeds; ``seconds``, ``time_saved`` as
-        a share of the full split's time, ``speedup``), ``full_seconds``.
+        a share of the full split's time, ``speedup``), ``full_seconds``, ``full_reused``.
     """
     reference = [float(np.mean(column)) for column in zip(*scores[FULL])]
     candidates = [
@@ -325,7 +330,7 @@ def build_report(
         })
     return {
         "study": STUDY, **data.describe(), "recipe": recipe, "top_k": min(top, len(space)), "candidates": candidates,
-        "proxies": proxies, "full_seconds": round(seconds[FULL], 2),
+        "proxies": proxies, "full_seconds": round(seconds[FULL], 2), "full_reused": full_reused,
     }
 
 
@@ -447,7 +452,7 @@ def run(
     embeddings = source_embeddings(study, proxies, expert_dir, seed)
     cache = ReferenceCache(reference_cache, study, recipe, device) if reference_cache else None
     seeds = range(seed, seed + repeats)
-    uncached = sum(cache is None or cache.get(candidate, s) is None for s in seeds for candidate in space)
+    uncached = sum(cache is None or not cache.holds(candidate, s) for s in seeds for candidate in space)
     scores: dict[str, list[list[float]]] = {name: [] for name in [*proxies, FULL]}
     seconds = dict.fromkeys(scores, 0.0)
     total = repeats * len(space) * len(proxies) * epochs + uncached * full_epochs
@@ -463,8 +468,7 @@ def run(
             accuracies, spent = train_reference(study, space, recipe, s, cache, bar.update)
             scores[FULL].append(accuracies)
             seconds[FULL] += sum(spent)
-    report = build_report(study, space, recipe, top_k, scores, seconds)
-    report["full_reused"] = repeats * len(space) - uncached
+    report = build_report(study, space, recipe, top_k, scores, seconds, repeats * len(space) - uncached)
     publish(STUDY, "architecture-search", report, markdown(report), figure(report), out, synset)
     return report
 
