@@ -60,6 +60,8 @@ class AudioFolder(FileAudioDataModule):
         seed: Seed of the split drawn on first use.
         cache_dir: Folder of the decoded-split cache (default ``<root>/.ddlight_cache``).
         skip_bad_files: Skip undecodable files with a warning instead of failing.
+        cache_features: Compute each split's features once and serve them every epoch (see
+            :class:`~ddlight.data.base.AudioDataModule`); off: the front end runs on every batch.
     """
 
     def __init__(
@@ -75,10 +77,11 @@ class AudioFolder(FileAudioDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         skip_bad_files: bool = False,
+        cache_features: bool = True,
     ) -> None:
         super().__init__(
             root, sample_rate, duration, features, batch_size, num_workers, seed,
-            cache_dir=cache_dir, skip_bad_files=skip_bad_files,
+            cache_dir=cache_dir, skip_bad_files=skip_bad_files, cache_features=cache_features,
         )
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError(

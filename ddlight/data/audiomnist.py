@@ -85,6 +85,8 @@ class AudioMNIST(FileAudioDataModule):
             ``<digit>_<speaker>_<index>.wav`` or names another speaker than their folder, and folders that
             are not a speaker, instead of failing.
         download: Download the repository archive (over 1 GB) into ``root`` in ``prepare_data()`` if missing.
+        cache_features: Compute each split's features once and serve them every epoch (see
+            :class:`~ddlight.data.base.AudioDataModule`); off: the front end runs on every batch.
     """
 
     name = "audiomnist"
@@ -103,10 +105,11 @@ class AudioMNIST(FileAudioDataModule):
         cache_dir: str | None = None,
         skip_bad_files: bool = False,
         download: bool = False,
+        cache_features: bool = True,
     ) -> None:
         super().__init__(
             root, sample_rate, duration, features, batch_size, num_workers, seed,
-            cache_dir=cache_dir, skip_bad_files=skip_bad_files, download=download,
+            cache_dir=cache_dir, skip_bad_files=skip_bad_files, download=download, cache_features=cache_features,
         )
         self.split = split
         self.speakers = speaker_splits(split)

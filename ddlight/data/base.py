@@ -1,10 +1,13 @@
 """The base of every ddlight DataModule: fixed-length waveforms in memory, features on the device.
 
 A DataModule holds each split as a :class:`WaveformSet` (``[N, L]`` float32 waveforms, possibly a
-memory-mapped cache, and integer labels). Batches of *waveforms* travel to the device and are turned
-into normalised features there, in :meth:`AudioDataModule.on_after_batch_transfer`, by the nnAudio front
-end. ``num_classes`` and ``feature_shape`` are known right after ``__init__`` so that LightningCLI can
-link them into the model.
+memory-mapped cache, and integer labels). The nnAudio front end turns waveforms into normalised features
+on the device. By default (``cache_features``) it does so once per split, on the trainer's device, and
+the loaders then serve those features: the front end is deterministic, and recomputing the STFT of
+every clip in every epoch cost about 40 % of an expert's training time on a CPU (BENCHMARKS.md,
+"Feature cache"). Without the cache, batches of *waveforms* travel to the device and become features
+there, in :meth:`AudioDataModule.on_after_batch_transfer`. ``num_classes`` and ``feature_shape`` are
+known right after ``__init__`` so that LightningCLI can link them into the model.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from tqdm.auto import tqdm
 
 from ddlight.features import AudioFeatures, FeatureConfig
 
@@ -98,6 +102,9 @@ class AudioDataModule(L.LightningDataModule, ABC):
         batch_size: Batch size of all loaders.
         num_workers: DataLoader worker processes.
         seed: Seed of anything random in loading (splits of user data, procedural sounds).
+        cache_features: Compute each split's features once (on the trainer's device, kept in CPU memory:
+            a fraction of the waveforms' size) and serve them in every epoch and every
+            :meth:`split_features` call. Off: the front end runs on every batch.
     """
 
     #: Short dataset name, used for default output folders such as ``experts/<name>/``.
@@ -113,6 +120,7 @@ class AudioDataModule(L.LightningDataModule, ABC):
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
+        cache_features: bool = True,
     ) -> None:
         super().__init__()
         if sample_rate <= 0 or duration <= 0:
@@ -123,6 +131,9 @@ class AudioDataModule(L.LightningDataModule, ABC):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.cache_features = cache_features
+        #: Features ``[N, C, F, T]`` per split on the CPU, filled on first use (:meth:`cached_features`).
+        self._cache: dict[str, Tensor] = {}
         self.features: AudioFeatures = self.feature_config.build(sample_rate)
         self.splits: dict[str, WaveformSet] = {}
         #: Independent shuffles per training batch (see :class:`IndependentOrders`); set by a model that
@@ -172,10 +183,15 @@ class AudioDataModule(L.LightningDataModule, ABC):
             total = math.ceil(len(train) / 256)
             self.features.fit_normalization(batches, total=total, show_progress=self.show_progress)
 
-    def dataset(self, split: str) -> WaveformDataset:
-        """Waveform dataset of ``split`` (``setup()`` must have run)."""
-        if split not in self.splits:
-            raise RuntimeError(f"split {split!r} is not loaded; call setup() first")
+    def dataset(self, split: str) -> Dataset:
+        """Dataset of ``split``: its cached features (``cache_features``) or its waveforms.
+
+        Raises:
+            RuntimeError: If ``setup()`` has not loaded the split.
+        """
+        self._check_loaded(split)
+        if self.cache_features:
+            return TensorDataset(self.cached_features(split), self._labels(split))
         return WaveformDataset(self.splits[split])
 
     def _loader(self, split: str, shuffle: bool, orders: int = 1) -> DataLoader:
@@ -199,26 +215,58 @@ class AudioDataModule(L.LightningDataModule, ABC):
 
     # -------------------------------------------------------------------------------------- features
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Turn the waveform batch into normalised features on the batch's device."""
-        waves, labels = batch
-        self.features.to(waves.device)
+        """Turn a waveform batch ``[B, L]`` into normalised features on its device; features pass through."""
+        inputs, labels = batch
+        if inputs.dim() != 2:  # already features (``cache_features``)
+            return batch
+        self.features.to(inputs.device)
         with torch.no_grad():
-            return self.features(waves), labels
+            return self.features(inputs), labels
 
-    @torch.no_grad()
     def split_features(
         self, split: str, device: torch.device | str = "cpu", batch_size: int = 256
     ) -> tuple[Tensor, Tensor]:
-        """Normalised features ``[N, C, F, T]`` and labels ``[N]`` of a whole split, on ``device``."""
-        if split not in self.splits:
-            raise RuntimeError(f"split {split!r} is not loaded; call setup() first")
+        """Normalised features ``[N, C, F, T]`` and labels ``[N]`` of a whole split, on ``device``.
+
+        Served from the cache with ``cache_features``; otherwise computed on ``device`` in chunks of
+        ``batch_size`` clips.
+
+        Raises:
+            RuntimeError: If ``setup()`` has not loaded the split.
+        """
+        self._check_loaded(split)
+        features = self.cached_features(split) if self.cache_features else self._extract(split, device, batch_size)
+        return features.to(device), self._labels(split).to(device)
+
+    def cached_features(self, split: str) -> Tensor:
+        """The features of ``split`` on the CPU, computed on the first call (on the trainer's device)."""
+        self._check_loaded(split)
+        if split not in self._cache:
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            self._cache[split] = self._extract(split, device, progress=self.show_progress).cpu()
+        return self._cache[split]
+
+    @torch.no_grad()
+    def _extract(
+        self, split: str, device: torch.device | str, batch_size: int = 256, progress: bool = False
+    ) -> Tensor:
+        """Run the front end over every clip of ``split`` on ``device``, ``batch_size`` clips at a time."""
         data = self.splits[split]
         self.features.to(device)
+        starts = range(0, len(data), batch_size)
         chunks = [
             self.features(torch.from_numpy(np.array(data.waves[i : i + batch_size], np.float32)).to(device))
-            for i in range(0, len(data), batch_size)
+            for i in tqdm(starts, desc=f"features ({split})", unit="batch", leave=False, disable=not progress)
         ]
-        return torch.cat(chunks), torch.as_tensor(np.asarray(data.labels), dtype=torch.long, device=device)
+        return torch.cat(chunks)
+
+    def _labels(self, split: str) -> Tensor:
+        """Labels ``[N]`` of ``split`` (int64, CPU)."""
+        return torch.as_tensor(np.asarray(self.splits[split].labels), dtype=torch.long)
+
+    def _check_loaded(self, split: str) -> None:
+        if split not in self.splits:
+            raise RuntimeError(f"split {split!r} is not loaded; call setup() first")
 
     # ------------------------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
@@ -227,6 +275,7 @@ class AudioDataModule(L.LightningDataModule, ABC):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.features.load_state_dict(state_dict["features"])
+        self._cache.clear()  # computed with the statistics just replaced
 
     def fingerprint(self) -> str:
         """Short hash identifying the exact data (subclasses with files hash their file lists)."""

@@ -62,6 +62,8 @@ class ESC50(FileAudioDataModule):
         cache_dir: Folder of the decoded-split cache (default ``<root>/.ddlight_cache``).
         skip_bad_files: Skip missing or undecodable files with a warning instead of failing.
         download: Download the repository archive (~600 MB) into ``root`` in ``prepare_data()`` if missing.
+        cache_features: Compute each split's features once and serve them every epoch (see
+            :class:`~ddlight.data.base.AudioDataModule`); off: the front end runs on every batch.
     """
 
     name = "esc50"
@@ -82,10 +84,11 @@ class ESC50(FileAudioDataModule):
         cache_dir: str | None = None,
         skip_bad_files: bool = False,
         download: bool = False,
+        cache_features: bool = True,
     ) -> None:
         super().__init__(
             root, sample_rate, duration, features, batch_size, num_workers, seed,
-            cache_dir=cache_dir, skip_bad_files=skip_bad_files, download=download,
+            cache_dir=cache_dir, skip_bad_files=skip_bad_files, download=download, cache_features=cache_features,
         )
         self.folds = fold_splits(range(1, 6), test_fold, val_fold)
         self.esc10 = esc10

@@ -212,6 +212,8 @@ class FileAudioDataModule(AudioDataModule):
         skip_bad_files: Skip (with a warning naming each) files that are missing or cannot be decoded,
             instead of stopping with an error.
         download: Download and unpack the dataset into ``root`` in ``prepare_data()`` if it is not there.
+        cache_features: Compute each split's features once and serve them every epoch (see
+            :class:`~ddlight.data.base.AudioDataModule`); off: the front end runs on every batch.
     """
 
     #: Official archive of the dataset (``None``: cannot be downloaded).
@@ -229,8 +231,9 @@ class FileAudioDataModule(AudioDataModule):
         cache_dir: str | None = None,
         skip_bad_files: bool = False,
         download: bool = False,
+        cache_features: bool = True,
     ) -> None:
-        super().__init__(sample_rate, duration, features, batch_size, num_workers, seed)
+        super().__init__(sample_rate, duration, features, batch_size, num_workers, seed, cache_features)
         self.root = Path(root).expanduser()
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.root / ".ddlight_cache"
         self.skip_bad_files = skip_bad_files

@@ -80,6 +80,8 @@ class SpeechCommands(FileAudioDataModule):
         skip_bad_files: Skip undecodable files, and ignore split-list entries that name no file, with a
             warning instead of failing.
         download: Download the archive (2.3 GB) into ``root`` in ``prepare_data()`` if missing.
+        cache_features: Compute each split's features once and serve them every epoch (see
+            :class:`~ddlight.data.base.AudioDataModule`); off: the front end runs on every batch.
     """
 
     name = "gsc"
@@ -100,10 +102,11 @@ class SpeechCommands(FileAudioDataModule):
         cache_dir: str | None = None,
         skip_bad_files: bool = False,
         download: bool = False,
+        cache_features: bool = True,
     ) -> None:
         super().__init__(
             root, sample_rate, duration, features, batch_size, num_workers, seed,
-            cache_dir=cache_dir, skip_bad_files=skip_bad_files, download=download,
+            cache_dir=cache_dir, skip_bad_files=skip_bad_files, download=download, cache_features=cache_features,
         )
         if all_words and unknown:
             raise ValueError("unknown=True needs words outside the classes; it cannot be combined with all_words")

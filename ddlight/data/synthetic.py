@@ -167,6 +167,8 @@ class SyntheticSounds(AudioDataModule):
         batch_size: Batch size of all loaders.
         num_workers: DataLoader worker processes.
         seed: Seed of the generator; the same seed gives the same clips everywhere.
+        cache_features: Compute each split's features once and serve them every epoch (see
+            :class:`~ddlight.data.base.AudioDataModule`); off: the front end runs on every batch.
     """
 
     name = "synthetic"
@@ -182,8 +184,9 @@ class SyntheticSounds(AudioDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
+        cache_features: bool = True,
     ) -> None:
-        super().__init__(sample_rate, duration, features, batch_size, num_workers, seed)
+        super().__init__(sample_rate, duration, features, batch_size, num_workers, seed, cache_features)
         if min(train_per_class, val_per_class, test_per_class) < 1:
             raise ValueError("train_per_class, val_per_class and test_per_class must be >= 1")
         self.per_class = {"train": train_per_class, "val": val_per_class, "test": test_per_class}

@@ -65,6 +65,8 @@ class UrbanSound8K(FileAudioDataModule):
         cache_dir: Folder of the decoded-split cache (default ``<root>/.ddlight_cache``).
         skip_bad_files: Skip missing or undecodable files with a warning instead of failing.
         download: Download the archive (5.6 GB) into ``root`` in ``prepare_data()`` if missing.
+        cache_features: Compute each split's features once and serve them every epoch (see
+            :class:`~ddlight.data.base.AudioDataModule`); off: the front end runs on every batch.
     """
 
     name = "us8k"
@@ -84,10 +86,11 @@ class UrbanSound8K(FileAudioDataModule):
         cache_dir: str | None = None,
         skip_bad_files: bool = False,
         download: bool = False,
+        cache_features: bool = True,
     ) -> None:
         super().__init__(
             root, sample_rate, duration, features, batch_size, num_workers, seed,
-            cache_dir=cache_dir, skip_bad_files=skip_bad_files, download=download,
+            cache_dir=cache_dir, skip_bad_files=skip_bad_files, download=download, cache_features=cache_features,
         )
         self.folds = fold_splits(range(1, 11), test_fold, val_fold)
         self.classes = list(CLASSES)

@@ -18,14 +18,18 @@ def _relative_split(dm: FileAudioDataModule, split: str) -> set[str]:
 
 
 def _check_batches(dm: FileAudioDataModule) -> None:
-    """setup → train loader → on_after_batch_transfer gives features of ``feature_shape``."""
+    """setup → train loader → on_after_batch_transfer gives features of ``feature_shape``, cached or not."""
     dm.setup("fit")
+    dm.cache_features = False
     waves, labels = next(iter(dm.train_dataloader()))
     assert waves.shape == (dm.batch_size, dm.num_samples) and waves.dtype == torch.float32
     features, same_labels = dm.on_after_batch_transfer((waves, labels), 0)
     assert features.shape == (dm.batch_size, *dm.feature_shape)
     assert torch.isfinite(features).all() and torch.equal(labels, same_labels)
     assert int(labels.min()) >= 0 and int(labels.max()) < dm.num_classes
+    dm.cache_features = True
+    cached, cached_labels = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert cached.shape == features.shape and cached_labels.shape == labels.shape
 
 
 # ------------------------------------------------------------------------------- Speech Commands

@@ -71,3 +71,30 @@ def test_independent_orders_are_side_by_side_permutations() -> None:
     second = [i for b in batches for i in b[len(b) // 2 :]]
     assert sorted(first) == sorted(second) == list(range(10))  # each order covers the data once
     assert first != second
+
+
+def test_feature_cache_serves_what_the_front_end_computes(tiny: SyntheticSounds) -> None:
+    waves = torch.from_numpy(tiny.splits["train"].waves)
+    expected = tiny.features(waves)
+    features, labels = next(iter(tiny._loader("train", shuffle=False)))  # cache_features is on by default
+    assert features.shape == (tiny.batch_size if len(waves) > tiny.batch_size else len(waves), *tiny.feature_shape)
+    torch.testing.assert_close(features, expected[: len(features)], rtol=1e-4, atol=1e-4)
+    assert tiny.on_after_batch_transfer((features, labels), 0)[0] is features  # features pass through
+    x, y = tiny.split_features("train")
+    torch.testing.assert_close(x, expected, rtol=1e-4, atol=1e-4)
+    assert x.data_ptr() == tiny.split_features("train")[0].data_ptr()  # computed once
+    assert torch.equal(y, torch.from_numpy(tiny.splits["train"].labels))
+
+
+def test_feature_cache_follows_loaded_normalisation(tiny: SyntheticSounds) -> None:
+    before = tiny.split_features("val")[0]
+    state = tiny.state_dict()
+    state["features"] = {k: v * 2 if k == "std" else v for k, v in state["features"].items()}
+    tiny.load_state_dict(state)  # a checkpoint's statistics replace the fitted ones
+    torch.testing.assert_close(tiny.split_features("val")[0], before / 2, rtol=1e-4, atol=1e-4)
+    uncached = SyntheticSounds(train_per_class=3, val_per_class=2, test_per_class=2, duration=0.5, seed=3,
+                               cache_features=False)
+    uncached.setup()
+    waves, _ = next(iter(uncached.val_dataloader()))
+    assert waves.dim() == 2  # waveforms: the front end runs on every batch
+    torch.testing.assert_close(uncached.split_features("val")[0], before, rtol=1e-4, atol=1e-4)
