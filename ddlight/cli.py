@@ -27,6 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from ddlight import active_learning, data, tasks  # noqa: F401  (see below)
+from ddlight.allocator import keep_freed_memory
 from ddlight.callbacks import SaveOnInterrupt, StepProgressBar, SynsetEvaluator
 from ddlight.distillers import Distiller
 from ddlight.runs import check_logger_folders, run_dir
@@ -161,8 +162,10 @@ def main(args: ArgsType = None) -> None:
     """Entry point of the ``ddlight`` command (``args`` lets tests call it in-process).
 
     Every ``fit`` gets :class:`~ddlight.callbacks.SaveOnInterrupt`; a run stopped by SIGTERM exits with
-    status 143 (128 + SIGTERM) after saving, where Lightning alone would exit 0 with nothing saved.
+    status 143 (128 + SIGTERM) after saving, where Lightning alone would exit 0 with nothing saved. CPU
+    memory freed during the run is kept for reuse (:func:`~ddlight.allocator.keep_freed_memory`).
     """
+    keep_freed_memory()
     try:
         DDLightCLI(
             LightningModule,

@@ -55,6 +55,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ddlight.allocator import keep_freed_memory
 from ddlight.features import AudioFeatures, build_features
 from ddlight.features.griffin_lim import consistency_projection, stft
 from ddlight.features.inversion import spectral_convergence
@@ -326,6 +327,7 @@ def format_summary(report: dict[str, Any], out_dir: str | Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``python -m ddlight.reconstruct DIR``: rebuild the audio of a saved distilled set."""
+    keep_freed_memory()
     parser = argparse.ArgumentParser(
         prog="python -m ddlight.reconstruct", description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -20,7 +20,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ddlight.allocator import keep_freed_memory
 from ddlight.features import FeatureConfig
+
+keep_freed_memory()  # the suite's process allocates as the ddlight commands do
 
 
 GSC_KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]

@@ -17,6 +17,7 @@ from typing import Any
 from jsonargparse import ActionConfigFile, ArgumentParser
 from matplotlib.figure import Figure
 
+from ddlight.allocator import keep_freed_memory
 from ddlight.data.base import AudioDataModule
 from ddlight.evaluation.report import write_study
 
@@ -53,6 +54,7 @@ def build_parser(
 
 def run_command(run: Callable[..., Any], parser: ArgumentParser, args: Sequence[str] | None = None) -> Any:
     """Parse ``args`` (None: the command line), build the DataModule and call ``run`` with every option."""
+    keep_freed_memory()
     init = parser.instantiate(parser.parse_args(None if args is None else list(args)))
     return run(**{name: init[name] for name in inspect.signature(run).parameters})
 

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from jsonargparse import ArgumentParser
 
+from ddlight.allocator import keep_freed_memory
 from ddlight.data.base import AudioDataModule
 from ddlight.data.synset import SynsetDataModule
 from ddlight.evaluation.report import build_report, markdown_table, write_report
@@ -95,6 +96,7 @@ def run(
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Parse the command line (``args``: for tests) and :func:`run` the protocol."""
+    keep_freed_memory()
     parser = ArgumentParser(prog="python -m ddlight.evaluation", description=__doc__.split("\n\n")[0])
     parser.add_function_arguments(run, skip={"data", "architectures", "baselines"})
     # a subclass group (not a plain typed argument) so that --data also takes a YAML file
