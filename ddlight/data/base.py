@@ -246,19 +246,23 @@ class AudioDataModule(L.LightningDataModule, ABC):
             self._cache[split] = self._extract(split, device, progress=self.show_progress).cpu()
         return self._cache[split]
 
-    @torch.no_grad()
     def _extract(
         self, split: str, device: torch.device | str, batch_size: int = 256, progress: bool = False
     ) -> Tensor:
-        """Run the front end over every clip of ``split`` on ``device``, ``batch_size`` clips at a time."""
+        """Run the front end over every clip of ``split`` on ``device``, ``batch_size`` clips at a time.
+
+        Also under ``trainer.test``'s inference mode the result is an ordinary tensor: the cache made
+        there is later trained on (an evaluation's networks, a distiller's real features).
+        """
         data = self.splits[split]
         self.features.to(device)
         starts = range(0, len(data), batch_size)
-        chunks = [
-            self.features(torch.from_numpy(np.array(data.waves[i : i + batch_size], np.float32)).to(device))
-            for i in tqdm(starts, desc=f"features ({split})", unit="batch", leave=False, disable=not progress)
-        ]
-        return torch.cat(chunks)
+        with torch.inference_mode(False), torch.no_grad():
+            chunks = [
+                self.features(torch.from_numpy(np.array(data.waves[i : i + batch_size], np.float32)).to(device))
+                for i in tqdm(starts, desc=f"features ({split})", unit="batch", leave=False, disable=not progress)
+            ]
+            return torch.cat(chunks)
 
     def _labels(self, split: str) -> Tensor:
         """Labels ``[N]`` of ``split`` (int64, CPU)."""

@@ -98,3 +98,13 @@ def test_feature_cache_follows_loaded_normalisation(tiny: SyntheticSounds) -> No
     waves, _ = next(iter(uncached.val_dataloader()))
     assert waves.dim() == 2  # waveforms: the front end runs on every batch
     torch.testing.assert_close(uncached.split_features("val")[0], before, rtol=1e-4, atol=1e-4)
+
+
+def test_features_cached_under_inference_mode_can_be_trained_on(tiny: SyntheticSounds) -> None:
+    with torch.inference_mode():  # as in trainer.test, which builds the test loader
+        tiny.test_dataloader()
+    x, _ = tiny.split_features("test")
+    assert not x.is_inference()
+    weight = torch.ones(x.shape[1], requires_grad=True)
+    (x * weight[:, None, None]).sum().backward()  # an inference tensor would refuse to be saved for backward
+    assert weight.grad is not None
