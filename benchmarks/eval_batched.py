@@ -23,6 +23,7 @@ from dataclasses import replace
 import torch
 
 from benchmarks.report import BENCHMARKS, machine, write_section
+from ddlight.allocator import keep_freed_memory
 from ddlight.data.synthetic import SyntheticSounds
 from ddlight.evaluation import evaluate
 from ddlight.features import FeatureConfig
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="timed evaluations per path, interleaved")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    keep_freed_memory()  # as the ddlight commands run
     torch.set_num_threads(args.threads)
     dm = SyntheticSounds(train_per_class=args.ipc, val_per_class=1, test_per_class=60, features=FEATURES)
     dm.setup("fit")
