@@ -1,11 +1,12 @@
 """Training on the CPU with freed memory kept for reuse (``keep_freed_memory``) against glibc's defaults.
 
-Each cell trains one width-64 ConvNet with the evaluation protocol's recipe (SGD, momentum 0.9, batch
-256, SpecAugment) on SyntheticSounds features (3×20×32, ``configs/data/synthetic.yaml``) for
+Each cell runs :func:`ddlight.evaluation.evaluate` (the evaluation protocol: SGD, momentum 0.9, batch 256,
+SpecAugment, lr 0.01) on SyntheticSounds features (3×20×32, ``configs/data/synthetic.yaml``) for
 ``--epochs`` epochs, in a fresh process with ``DDLIGHT_KEEP_FREED_MEMORY`` 1 or 0, the two interleaved
-(alternating who goes first). Sets: the whole training split (1100 clips: the full-split reference of
-``g``) and 10 clips per class (110: a distilled set's size). The seeds are equal, so the accuracies must
-be too: the setting changes where memory comes from, not what is computed.
+(alternating who goes first). Cells: the evaluation of a distilled-set-sized set (10 clips per class,
+110 clips; 5 ConvNets of width 128, issue #14's target) and the full-split reference of ``g`` (the whole
+training split, 1100 clips; one width-64 ConvNet, as ``make demo`` trains it). The seeds are equal, so
+the accuracies must be too: the setting changes where memory comes from, not what is computed.
 
     python -m benchmarks.allocator --epochs 20 --rounds 2 --write
 """
@@ -28,29 +29,31 @@ import json, sys, time
 import torch
 from ddlight.allocator import keep_freed_memory
 from ddlight.data.synthetic import SyntheticSounds
+from ddlight.evaluation import evaluate
 from ddlight.features import FeatureConfig
-from ddlight.recipe import TrainRecipe, accuracy, fit_network
+from ddlight.recipe import TrainRecipe
 kept = keep_freed_memory()
-torch.set_num_threads(int(sys.argv[3]))
+epochs, size, threads, repeats, width = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+torch.set_num_threads(threads)
 features = FeatureConfig(name="fdmfcc", n_fft=1024, hop_length=512, n_mels=40, n_mfcc=20)
 dm = SyntheticSounds(train_per_class=100, val_per_class=20, test_per_class=60, features=features)
 dm.setup("fit")
 x, y = dm.split_features("train")
-if sys.argv[2] != "full":
-    x, y = x.view(11, 100, *x.shape[1:])[:, :int(sys.argv[2])].flatten(0, 1), y.view(11, 100)[:, :int(sys.argv[2])].flatten()
+if size != "full":
+    x, y = x.view(11, 100, *x.shape[1:])[:, :int(size)].flatten(0, 1), y.view(11, 100)[:, :int(size)].flatten()
 began = time.perf_counter()
-network = fit_network(x, y, 11, TrainRecipe(epochs=int(sys.argv[1]), lr=0.01), "convnet", {"width": 64})
+result = evaluate(x, y, *dm.split_features("test"), TrainRecipe(epochs=int(epochs), lr=0.01), ["convnet"], repeats,
+                  {"convnet": {"width": width}}, show_progress=False)
 seconds = time.perf_counter() - began
-print(json.dumps({"kept": kept, "seconds": seconds, "accuracy": accuracy(network, *dm.split_features("test"))}))
+print(json.dumps({"kept": kept, "seconds": seconds, "accuracy": result["convnet"]["mean"]}))
 """
 
-
-def train(epochs: int, size: str, threads: int, keep: bool) -> dict:
-    """Seconds and accuracy of one training in a fresh process (``keep``: freed memory kept)."""
+def train(epochs: int, size: str, threads: int, repeats: int, width: int, keep: bool) -> dict:
+    """Seconds and mean accuracy of one evaluation in a fresh process (``keep``: freed memory kept)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
     env["DDLIGHT_KEEP_FREED_MEMORY"] = "1" if keep else "0"
-    out = subprocess.run([sys.executable, "-c", WORKER, str(epochs), size, str(threads)], env=env, check=True,
-                         capture_output=True, text=True)
+    command = [sys.executable, "-c", WORKER, str(epochs), size, str(threads), str(repeats), str(width)]
+    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if result["kept"] != keep:
         raise RuntimeError(f"keep_freed_memory() returned {result['kept']} where {keep} was asked")
@@ -65,13 +68,16 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    sets = {"full": "whole training split (1100 clips)", "10": "10 per class (110 clips)"}
+    cells = {  # size: (label, repeats, width)
+        "10": ("a distilled set's evaluation: 10 per class (110 clips), 5 ConvNets of width 128", 5, 128),
+        "full": ("the full-split reference: the whole training split (1100 clips), 1 ConvNet of width 64", 1, 64),
+    }
     rows = []
-    for size, label in sets.items():
+    for size, (label, repeats, width) in cells.items():
         runs: dict[bool, list[dict]] = {True: [], False: []}
         for r in range(args.rounds):
             for keep in (True, False) if r % 2 == 0 else (False, True):
-                runs[keep].append(train(args.epochs, size, args.threads, keep))
+                runs[keep].append(train(args.epochs, size, args.threads, repeats, width, keep))
                 print(size, keep, runs[keep][-1], flush=True)
         kept, default = (statistics.median(run["seconds"] for run in runs[k]) for k in (True, False))
         accuracies = {k: runs[k][0]["accuracy"] for k in (True, False)}
@@ -85,12 +91,12 @@ def main() -> None:
         "## CPU allocator: freed memory kept for reuse",
         "",
         f"`{command}` on {machine()}, {args.threads} threads in the workers; 1-minute load average "
-        f"{load_before:.1f} before, {load_after:.1f} after. Seconds to train one width-64 ConvNet "
-        f"{args.epochs} epochs with the evaluation protocol's recipe, in fresh processes with "
+        f"{load_before:.1f} before, {load_after:.1f} after. Seconds of `ddlight.evaluation.evaluate` "
+        f"({args.epochs} epochs, the evaluation protocol's recipe), in fresh processes with "
         "`DDLIGHT_KEEP_FREED_MEMORY` 1 (what every `ddlight` command does: `ddlight.allocator.keep_freed_memory`) "
         f"and 0 (glibc's defaults), interleaved, median of {args.rounds}.",
         "",
-        "| training set | kept s | glibc default s | speed-up | test accuracy % (kept / default) |",
+        "| evaluation | kept s | glibc default s | speed-up | mean test accuracy % (kept / default) |",
         "|---|---|---|---|---|",
         *rows,
         "",
