@@ -19,7 +19,8 @@ Peak memory is measured for each cell in a fresh subprocess: on CPU the peak res
 minus the resident set before the update, with ``MALLOC_MMAP_THRESHOLD_=65536`` so that large tensors are
 returned to the system when freed and the peak follows live memory; on CUDA ``max_memory_allocated``
 minus the memory allocated before. Times are the median of ``--repeats`` updates per implementation,
-the implementations interleaved in one process so that the machine's load hits all of them alike.
+the implementations interleaved in one process so that the machine's load hits all of them alike (and
+its allocator: freed memory kept for reuse, as the ``ddlight`` commands run, for all three).
 
     python -m benchmarks.mtt_step --write                   # both tables into BENCHMARKS.md
     python -m benchmarks.mtt_step --shape 3 20 201 --syn-steps 4 30 --full-max-steps 4 --skip-time --write
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.report import machine, publish
+from ddlight.allocator import keep_freed_memory
 from ddlight.distillers.mtt import MTT, trajectory_loss
 from ddlight.networks import build_network
 
@@ -230,6 +232,7 @@ def main() -> None:
                 print(lines[-1], flush=True)
         publish(SECTION + "_memory" + suffix, "\n".join(lines), args.write)
     if not args.skip_time:
+        keep_freed_memory()  # as the ddlight commands run; every implementation shares the process
         lines = [f"## MTT update: time ({'×'.join(map(str, shape))})", "", header, "",
                  f"Seconds per update (median of {args.repeats}, implementations interleaved), syn_steps "
                  f"{args.time_steps}:", "",
