@@ -1,6 +1,6 @@
-"""Keep freed CPU memory in the process: glibc's allocator otherwise makes CPU training page-fault bound.
+"""CPU memory: how much the machine has, and keeping freed memory in the process for reuse.
 
-glibc's ``malloc`` serves every block above its mmap threshold (at most 32 MiB, adjusted as the process
+Why keep freed memory: glibc's ``malloc`` serves every block above its mmap threshold (at most 32 MiB, adjusted as the process
 runs) with a fresh ``mmap`` and returns it to the system on ``free``; the heap is also trimmed whenever
 its free top exceeds the trim threshold. Training a network on a CPU allocates and frees activations of
 tens of MiB in every step (a width-64 ConvNet's first layer at batch 256 on 3×20×32 features: 42 MiB per
@@ -43,3 +43,11 @@ def keep_freed_memory() -> bool:
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     return bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, THRESHOLD))
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (``None`` where the operating system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None

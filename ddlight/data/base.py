@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from tqdm.auto import tqdm
 
+from ddlight.allocator import physical_memory
 from ddlight.features import AudioFeatures, FeatureConfig
 
 SPLITS = ("train", "val", "test")
@@ -104,7 +106,8 @@ class AudioDataModule(L.LightningDataModule, ABC):
         seed: Seed of anything random in loading (splits of user data, procedural sounds).
         cache_features: Compute each split's features once (on the trainer's device, kept in CPU memory:
             a fraction of the waveforms' size) and serve them in every epoch and every
-            :meth:`split_features` call. Off: the front end runs on every batch.
+            :meth:`split_features` call. Off, and for a split whose features would fill more than half
+            of the machine's memory (with a warning): the front end runs on every batch.
     """
 
     #: Short dataset name, used for default output folders such as ``experts/<name>/``.
@@ -134,6 +137,7 @@ class AudioDataModule(L.LightningDataModule, ABC):
         self.cache_features = cache_features
         #: Features ``[N, C, F, T]`` per split on the CPU, filled on first use (:meth:`cached_features`).
         self._cache: dict[str, Tensor] = {}
+        self._too_large: set[str] = set()  # splits warned about: too large to cache
         self.features: AudioFeatures = self.feature_config.build(sample_rate)
         self.splits: dict[str, WaveformSet] = {}
         #: Independent shuffles per training batch (see :class:`IndependentOrders`); set by a model that
@@ -190,7 +194,7 @@ class AudioDataModule(L.LightningDataModule, ABC):
             RuntimeError: If ``setup()`` has not loaded the split.
         """
         self._check_loaded(split)
-        if self.cache_features:
+        if self._cached(split):
             return TensorDataset(self.cached_features(split), self._labels(split))
         return WaveformDataset(self.splits[split])
 
@@ -235,7 +239,7 @@ class AudioDataModule(L.LightningDataModule, ABC):
             RuntimeError: If ``setup()`` has not loaded the split.
         """
         self._check_loaded(split)
-        features = self.cached_features(split) if self.cache_features else self._extract(split, device, batch_size)
+        features = self.cached_features(split) if self._cached(split) else self._extract(split, device, batch_size)
         return features.to(device), self._labels(split).to(device)
 
     def cached_features(self, split: str) -> Tensor:
@@ -263,6 +267,28 @@ class AudioDataModule(L.LightningDataModule, ABC):
                 for i in tqdm(starts, desc=f"features ({split})", unit="batch", leave=False, disable=not progress)
             ]
             return torch.cat(chunks)
+
+    def _cached(self, split: str) -> bool:
+        """Whether ``split`` is served from the cache: ``cache_features`` and it fits in half the memory.
+
+        A split whose features would take more than half of the machine's memory is computed per batch
+        instead, with a warning (once per split), rather than filling the memory.
+        """
+        if not self.cache_features or split in self._cache:
+            return self.cache_features
+        needed = len(self.splits[split]) * math.prod(self.feature_shape) * 4
+        memory = physical_memory()
+        if memory is None or needed <= memory // 2:
+            return True
+        if split not in self._too_large:
+            self._too_large.add(split)
+            warnings.warn(
+                f"the {split} split's features would take {needed / 2**30:,.1f} GiB, more than half of this "
+                f"machine's {memory / 2**30:,.1f} GiB: computing them per batch instead of caching them "
+                "(--data.init_args.cache_features false says so and silences this)",
+                stacklevel=2,
+            )
+        return False
 
     def _labels(self, split: str) -> Tensor:
         """Labels ``[N]`` of ``split`` (int64, CPU)."""

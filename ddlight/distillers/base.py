@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -38,6 +37,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddlight.allocator import physical_memory
 from ddlight.evaluation.coresets import herding, random_subset
 from ddlight.evaluation.suite import embedding_network
 from ddlight.io import Synset, load_synset, save_synset
@@ -91,14 +91,6 @@ Init = Literal["real", "herding", "noise"]
 INITS: tuple[str, ...] = get_args(Init)
 
 
-def _physical_memory() -> int | None:
-    """Bytes of physical memory of this machine (``None`` where the operating system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def _check_set_size(in_shape: tuple[int, ...], num_classes: int, ipc: int) -> None:
     """Refuse, before anything is allocated, a synthetic set too large for this machine's memory.
 
@@ -107,7 +99,7 @@ def _check_set_size(in_shape: tuple[int, ...], num_classes: int, ipc: int) -> No
     """
     samples = num_classes * ipc
     needed = samples * math.prod(in_shape) * 4 * _SET_COPIES
-    memory = _physical_memory()
+    memory = physical_memory()
     if memory is not None and needed > memory:
         raise ValueError(
             f"ipc={ipc} asks for {samples:,} synthetic samples of shape {tuple(in_shape)} ({num_classes} classes): "

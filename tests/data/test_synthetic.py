@@ -108,3 +108,12 @@ def test_features_cached_under_inference_mode_can_be_trained_on(tiny: SyntheticS
     weight = torch.ones(x.shape[1], requires_grad=True)
     (x * weight[:, None, None]).sum().backward()  # an inference tensor would refuse to be saved for backward
     assert weight.grad is not None
+
+
+def test_a_split_too_large_to_cache_is_computed_per_batch(tiny: SyntheticSounds, monkeypatch) -> None:
+    monkeypatch.setattr("ddlight.data.base.physical_memory", lambda: 2 * 4 * 1000)  # room for 1000 floats
+    with pytest.warns(UserWarning, match=r"the train split's features would take .* per batch"):
+        waves, _ = next(iter(tiny.train_dataloader()))
+    assert waves.dim() == 2  # waveforms: features on the device, per batch
+    x, _ = tiny.split_features("train")
+    assert x.shape[1:] == tiny.feature_shape and not tiny._cache
