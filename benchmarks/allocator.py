@@ -19,8 +19,9 @@ import os
 import statistics
 import subprocess
 import sys
+from functools import partial
 
-from benchmarks.report import machine, publish
+from benchmarks.report import interleaved, machine, publish
 
 SECTION = "allocator"
 #: Trains one network in a fresh process and prints its seconds and test accuracy as JSON.
@@ -74,11 +75,7 @@ def main() -> None:
     }
     rows = []
     for size, (label, repeats, width) in cells.items():
-        runs: dict[bool, list[dict]] = {True: [], False: []}
-        for r in range(args.rounds):
-            for keep in (True, False) if r % 2 == 0 else (False, True):
-                runs[keep].append(train(args.epochs, size, args.threads, repeats, width, keep))
-                print(size, keep, runs[keep][-1], flush=True)
+        runs = interleaved(partial(train, args.epochs, size, args.threads, repeats, width), args.rounds)
         kept, default = (statistics.median(run["seconds"] for run in runs[k]) for k in (True, False))
         accuracies = {k: runs[k][0]["accuracy"] for k in (True, False)}
         rows.append(

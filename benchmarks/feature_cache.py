@@ -19,9 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
-from benchmarks.report import machine, publish
+from benchmarks.report import interleaved, machine, publish
 from ddlight.io import load_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,13 +51,9 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    seconds: dict[bool, list[float]] = {True: [], False: []}
-    accuracies: dict[bool, list[float]] = {}
-    for r in range(args.rounds):
-        for cache in (True, False) if r % 2 == 0 else (False, True):
-            spent, accuracies[cache] = run_experts(args.epochs, cache)
-            seconds[cache].append(spent)
-            print(f"round {r} cache_features={cache}: {spent:.1f} s, test accuracies {accuracies[cache]}", flush=True)
+    runs = interleaved(partial(run_experts, args.epochs), args.rounds)  # (seconds, accuracies) per run
+    seconds = {cache: [spent for spent, _ in runs[cache]] for cache in runs}
+    accuracies = {cache: runs[cache][-1][1] for cache in runs}
     load_after = os.getloadavg()[0]
     cached, per_batch = (statistics.median(seconds[c]) for c in (True, False))
     command = "python -m benchmarks.feature_cache " + " ".join(sys.argv[1:])

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from ddlight.io import atomic_write
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+T = TypeVar("T")
 
 
 def machine(device: torch.device | str = "cpu") -> str:
@@ -47,3 +50,16 @@ def publish(name: str, section: str, write: bool) -> None:
     print(section)
     if write:
         write_section(name, section)
+
+
+def interleaved(run: Callable[[bool], T], rounds: int) -> dict[bool, list[T]]:
+    """``rounds`` results of ``run(True)`` and of ``run(False)``, alternating which goes first.
+
+    Load from other jobs on the machine then hits both settings alike; each result is printed as it comes.
+    """
+    results: dict[bool, list[T]] = {True: [], False: []}
+    for r in range(rounds):
+        for setting in (True, False) if r % 2 == 0 else (False, True):
+            results[setting].append(run(setting))
+            print(f"round {r}, {setting}: {results[setting][-1]}", flush=True)
+    return results
