@@ -38,7 +38,9 @@ def run_experts(epochs: int, cache: bool) -> tuple[float, list[float]]:
             f"--data.init_args.cache_features={str(cache).lower()}", "--trainer.enable_progress_bar=false",
         ]
         began = time.perf_counter()
-        subprocess.run(command, cwd=tmp, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        run = subprocess.run(command, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if run.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed ({run.returncode}):\n{run.stderr[-3000:]}")
         seconds = time.perf_counter() - began
         manifest = load_json(Path(tmp) / "experts" / "synthetic" / "manifest.json")
     return seconds, [expert["test_accuracy"] for expert in manifest["experts"]]

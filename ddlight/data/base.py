@@ -24,7 +24,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ddlight.allocator import physical_memory
@@ -60,6 +60,29 @@ class WaveformDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         wave = torch.from_numpy(np.array(self.data.waves[index], dtype=np.float32))
         return wave, torch.tensor(int(self.data.labels[index]), dtype=torch.long)
+
+
+class CachedFeatureDataset(Dataset):
+    """Map-style dataset over a split's cached features returning ``(features [C, F, T], label)``.
+
+    The cache is filled on the first item asked for, not when the loader is built: a distiller's training
+    loader only counts its steps and never reads an item.
+
+    Args:
+        data: The DataModule whose :meth:`AudioDataModule.cached_features` serves the split.
+        split: ``train``, ``val`` or ``test``.
+    """
+
+    def __init__(self, data: AudioDataModule, split: str) -> None:
+        self.data = data
+        self.split = split
+        self.labels = data.split_labels(split)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.data.cached_features(self.split)[index], self.labels[index]
 
 
 class IndependentOrders(Sampler[list[int]]):
@@ -195,18 +218,23 @@ class AudioDataModule(L.LightningDataModule, ABC):
         """
         self._check_loaded(split)
         if self._cached(split):
-            return TensorDataset(self.cached_features(split), self._labels(split))
+            return CachedFeatureDataset(self, split)
         return WaveformDataset(self.splits[split])
 
     def _loader(self, split: str, shuffle: bool, orders: int = 1) -> DataLoader:
-        """Loader of ``split``; ``orders > 1`` batches independent shuffles side by side."""
+        """Loader of ``split``; ``orders > 1`` batches independent shuffles side by side.
+
+        A cached split is served without worker processes: its items are slices of one tensor in memory,
+        which workers would only copy (and each would fill a cache of its own).
+        """
         dataset = self.dataset(split)
         batching = (
             {"batch_sampler": IndependentOrders(len(dataset), self.batch_size, orders)}
             if orders > 1
             else {"batch_size": self.batch_size, "shuffle": shuffle}
         )
-        return DataLoader(dataset, num_workers=self.num_workers, persistent_workers=self.num_workers > 0, **batching)
+        workers = 0 if isinstance(dataset, CachedFeatureDataset) else self.num_workers
+        return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0, **batching)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True, orders=self.train_orders)
@@ -232,67 +260,90 @@ class AudioDataModule(L.LightningDataModule, ABC):
     ) -> tuple[Tensor, Tensor]:
         """Normalised features ``[N, C, F, T]`` and labels ``[N]`` of a whole split, on ``device``.
 
-        Served from the cache with ``cache_features``; otherwise computed on ``device`` in chunks of
-        ``batch_size`` clips.
+        Served from the cache with ``cache_features`` (filled on ``device`` unless a trainer gives its
+        own; on the CPU the cache itself is returned: do not modify it in place); otherwise computed on
+        ``device`` in chunks of ``batch_size`` clips.
 
         Raises:
             RuntimeError: If ``setup()`` has not loaded the split.
         """
         self._check_loaded(split)
-        features = self.cached_features(split) if self._cached(split) else self._extract(split, device, batch_size)
-        return features.to(device), self._labels(split).to(device)
+        if self._cached(split):
+            features = self.cached_features(split, device)
+        else:
+            features = self._extract(split, device, device, batch_size)
+        return features.to(device), self.split_labels(split).to(device)
 
-    def cached_features(self, split: str) -> Tensor:
-        """The features of ``split`` on the CPU, computed on the first call (on the trainer's device)."""
+    def cached_features(self, split: str, device: torch.device | str = "cpu") -> Tensor:
+        """The features of ``split`` on the CPU, computed on the first call.
+
+        They are computed on the trainer's device when a trainer is attached, else on ``device``.
+        """
         self._check_loaded(split)
         if split not in self._cache:
-            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            self._cache[split] = self._extract(split, device, progress=self.show_progress).cpu()
+            if self.trainer is not None:
+                device = self.trainer.strategy.root_device
+            self._cache[split] = self._extract(split, device, "cpu", progress=self.show_progress)
         return self._cache[split]
 
+    def split_labels(self, split: str) -> Tensor:
+        """Labels ``[N]`` of ``split`` (int64, CPU)."""
+        self._check_loaded(split)
+        return torch.as_tensor(np.asarray(self.splits[split].labels), dtype=torch.long)
+
     def _extract(
-        self, split: str, device: torch.device | str, batch_size: int = 256, progress: bool = False
+        self,
+        split: str,
+        device: torch.device | str,
+        out: torch.device | str,
+        batch_size: int = 256,
+        progress: bool = False,
     ) -> Tensor:
         """Run the front end over every clip of ``split`` on ``device``, ``batch_size`` clips at a time.
 
-        Also under ``trainer.test``'s inference mode the result is an ordinary tensor: the cache made
-        there is later trained on (an evaluation's networks, a distiller's real features).
+        Each chunk moves to ``out`` as it is made (the split is never held twice on ``device``). Also
+        under ``trainer.test``'s inference mode the result is an ordinary tensor: the cache made there
+        is later trained on (an evaluation's networks, a distiller's real features).
         """
         data = self.splits[split]
-        self.features.to(device)
         starts = range(0, len(data), batch_size)
         with torch.inference_mode(False), torch.no_grad():
+            self.features.to(device)
             chunks = [
-                self.features(torch.from_numpy(np.array(data.waves[i : i + batch_size], np.float32)).to(device))
+                self.features(torch.from_numpy(np.array(data.waves[i : i + batch_size], np.float32)).to(device)).to(out)
                 for i in tqdm(starts, desc=f"features ({split})", unit="batch", leave=False, disable=not progress)
             ]
             return torch.cat(chunks)
 
     def _cached(self, split: str) -> bool:
-        """Whether ``split`` is served from the cache: ``cache_features`` and it fits in half the memory.
+        """Whether ``split`` is served from the cache: ``cache_features`` and the cache stays within budget.
 
-        A split whose features would take more than half of the machine's memory is computed per batch
-        instead, with a warning (once per split), rather than filling the memory.
+        The budget is half of the memory this process may use (:func:`~ddlight.allocator.physical_memory`:
+        the machine's, or its container's limit), shared by every split and by the processes of a
+        multi-device run on this machine. A split that would exceed it is computed per batch instead,
+        with a warning (once per split), rather than filling the memory.
         """
         if not self.cache_features or split in self._cache:
             return self.cache_features
-        needed = len(self.splits[split]) * math.prod(self.feature_shape) * 4
         memory = physical_memory()
-        if memory is None or needed <= memory // 2:
+        if memory is None:
+            return True
+        per_sample = math.prod(self.feature_shape) * 4
+        cached = sum(t.numel() * t.element_size() for t in self._cache.values())
+        needed = len(self.splits[split]) * per_sample
+        processes = self.trainer.num_devices if self.trainer is not None else 1
+        if (cached + needed) * processes <= memory // 2:
             return True
         if split not in self._too_large:
             self._too_large.add(split)
             warnings.warn(
-                f"the {split} split's features would take {needed / 2**30:,.1f} GiB, more than half of this "
-                f"machine's {memory / 2**30:,.1f} GiB: computing them per batch instead of caching them "
-                "(--data.init_args.cache_features false says so and silences this)",
+                f"caching the {split} split's features would hold {(cached + needed) * processes / 2**30:,.1f} GiB "
+                f"({processes} process(es)), more than half of the {memory / 2**30:,.1f} GiB of memory this run "
+                "may use: computing them per batch instead (--data.init_args.cache_features false says so and "
+                "silences this)",
                 stacklevel=2,
             )
         return False
-
-    def _labels(self, split: str) -> Tensor:
-        """Labels ``[N]`` of ``split`` (int64, CPU)."""
-        return torch.as_tensor(np.asarray(self.splits[split].labels), dtype=torch.long)
 
     def _check_loaded(self, split: str) -> None:
         if split not in self.splits:

@@ -4,8 +4,9 @@
 
 The training split is the distilled set (``synset.safetensors`` + ``manifest.json`` written by every
 distiller), already in the real data's normalised feature space, so its batches go to the model as
-they are. Validation and test batches are real *waveforms* from the ``real`` DataModule; they become
-features on the device through the real DataModule's :meth:`~AudioDataModule.on_after_batch_transfer`.
+they are. Validation and test batches come from the ``real`` DataModule: its cached features, or (with
+its ``cache_features`` off) real *waveforms* that become features on the device through its
+:meth:`~AudioDataModule.on_after_batch_transfer`.
 Both must describe the same feature space: same front end configuration, shape, classes and
 normalisation statistics, or a clear error says what differs.
 

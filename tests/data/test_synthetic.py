@@ -111,9 +111,19 @@ def test_features_cached_under_inference_mode_can_be_trained_on(tiny: SyntheticS
 
 
 def test_a_split_too_large_to_cache_is_computed_per_batch(tiny: SyntheticSounds, monkeypatch) -> None:
-    monkeypatch.setattr("ddlight.data.base.physical_memory", lambda: 2 * 4 * 1000)  # room for 1000 floats
-    with pytest.warns(UserWarning, match=r"the train split's features would take .* per batch"):
-        waves, _ = next(iter(tiny.train_dataloader()))
+    per_split = {split: len(tiny.splits[split]) * int(np.prod(tiny.feature_shape)) * 4 for split in ("train", "val")}
+    budget = per_split["train"] + per_split["val"] // 2  # the train split fits, then val does not
+    monkeypatch.setattr("ddlight.data.base.physical_memory", lambda: 2 * budget)
+    tiny.split_features("train")
+    with pytest.warns(UserWarning, match=r"caching the val split's features would hold .* per batch"):
+        waves, _ = next(iter(tiny.val_dataloader()))
     assert waves.dim() == 2  # waveforms: features on the device, per batch
-    x, _ = tiny.split_features("train")
-    assert x.shape[1:] == tiny.feature_shape and not tiny._cache
+    x, _ = tiny.split_features("val")
+    assert x.shape[1:] == tiny.feature_shape and set(tiny._cache) == {"train"}
+
+
+def test_the_cache_is_filled_when_an_item_is_read_not_when_the_loader_is_built(tiny: SyntheticSounds) -> None:
+    loader = tiny.train_dataloader()  # a distiller's loader only counts its steps
+    assert len(loader) > 0 and not tiny._cache
+    features, _ = next(iter(loader))
+    assert features.shape[1:] == tiny.feature_shape and set(tiny._cache) == {"train"}
