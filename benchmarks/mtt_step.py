@@ -13,7 +13,10 @@ parameter-matching loss, and its backward pass to the set and the step size. Thr
 * ``full``: :meth:`ddlight.distillers.mtt.MTT.unroll` + :func:`~ddlight.distillers.mtt.trajectory_loss` +
   ``backward()``;
 * ``checkpointed``: :meth:`ddlight.distillers.mtt.MTT.checkpointed_backward` (``unroll: checkpointed``,
-  ``segment`` steps per recomputed segment).
+  ``segment`` steps per recomputed segment);
+* ``full_bf16`` (time table only): ``full`` under bfloat16 autocast, which is what a run with
+  ``--trainer.precision bf16-mixed`` does (Lightning wraps the distiller's step in ``torch.autocast``); the
+  table also gives the cosine between its gradient of the set and ``full``'s (same augmentation draws).
 
 Peak memory is measured for each cell in a fresh subprocess: on CPU the peak resident set (``ru_maxrss``)
 minus the resident set before the update, with ``MALLOC_MMAP_THRESHOLD_=65536`` so that large tensors are
@@ -125,9 +128,25 @@ def checkpointed_update(cell: dict) -> None:
     mtt.checkpointed_backward(cell["start"], cell["target"], mtt.plan(torch.Generator()))
 
 
+def full_bf16_update(cell: dict) -> None:
+    """ddlight's full unroll under bfloat16 autocast: what ``--trainer.precision bf16-mixed`` runs."""
+    with torch.autocast(cell["start"].device.type, dtype=torch.bfloat16):
+        full_update(cell)
+
+
 UPDATES: dict[str, Callable[[dict], None]] = {
     "original": original_update, "full": full_update, "checkpointed": checkpointed_update,
+    "full_bf16": full_bf16_update,
 }
+#: Implementations of the time table: the memory table's and the full unroll under bfloat16 autocast.
+TIMED = (*IMPLEMENTATIONS, "full_bf16")
+
+
+def set_gradient(cell: dict, impl: str) -> Tensor:
+    """The gradient of the synthetic set after one update of ``impl`` (SpecAugment's draws reseeded)."""
+    cell["mtt"].augment_generator.manual_seed(0)
+    UPDATES[impl](cell)
+    return cell["mtt"].synthetic.grad.detach().flatten().clone()
 
 
 def resident_bytes() -> int:
@@ -165,12 +184,16 @@ def memory_in_subprocess(impl: str, shape: tuple[int, int, int], ipc: int, syn_s
 
 def median_seconds(shape: tuple[int, int, int], ipc: int, syn_steps: int, segment: int, device: str,
                    repeats: int) -> dict[str, float]:
-    """Median seconds per update of each implementation, interleaved, after one warm-up update each."""
+    """Median seconds per update of each implementation, interleaved, after one warm-up update each.
+
+    Also ``cos_bf16``: the cosine between the set's gradients of ``full_bf16`` and ``full`` (same draws).
+    """
     dev = torch.device(device)
     cell = setting(shape, ipc, syn_steps, segment, dev)
-    times: dict[str, list[float]] = {impl: [] for impl in IMPLEMENTATIONS}
+    cosine = F.cosine_similarity(set_gradient(cell, "full"), set_gradient(cell, "full_bf16"), dim=0)
+    times: dict[str, list[float]] = {impl: [] for impl in TIMED}
     for round_ in range(repeats + 1):
-        for impl in IMPLEMENTATIONS:
+        for impl in TIMED:
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             began = time.perf_counter()
@@ -179,7 +202,7 @@ def median_seconds(shape: tuple[int, int, int], ipc: int, syn_steps: int, segmen
                 torch.cuda.synchronize(dev)
             if round_:  # round 0 warms up
                 times[impl].append(time.perf_counter() - began)
-    return {impl: statistics.median(values) for impl, values in times.items()}
+    return {impl: statistics.median(values) for impl, values in times.items()} | {"cos_bf16": float(cosine)}
 
 
 def main() -> None:
@@ -236,12 +259,14 @@ def main() -> None:
         lines = [f"## MTT update: time ({'×'.join(map(str, shape))})", "", header, "",
                  f"Seconds per update (median of {args.repeats}, implementations interleaved), syn_steps "
                  f"{args.time_steps}:", "",
-                 "| ipc | original s | full s | checkpointed s | full / original | checkpointed / original |",
-                 "|---|---|---|---|---|---|"]
+                 "| ipc | original s | full s | checkpointed s | full bf16 s | full / original | "
+                 "checkpointed / original | full bf16 / original | cos(bf16, fp32 gradient) |",
+                 "|---|---|---|---|---|---|---|---|---|"]
         for ipc in args.ipc:
             sec = median_seconds(shape, ipc, args.time_steps, args.segment, args.device, args.repeats)
-            lines.append(f"| {ipc} | {sec['original']:.2f} | {sec['full']:.2f} | {sec['checkpointed']:.2f} | "
-                         f"{sec['full'] / sec['original']:.2f} | {sec['checkpointed'] / sec['original']:.2f} |")
+            seconds = [f"{sec[impl]:.2f}" for impl in TIMED]
+            ratios = [f"{sec[impl] / sec['original']:.2f}" for impl in TIMED[1:]]
+            lines.append(f"| {ipc} | {' | '.join(seconds)} | {' | '.join(ratios)} | {sec['cos_bf16']:.4f} |")
             print(lines[-1], flush=True)
         publish(SECTION + "_time" + suffix, "\n".join(lines), args.write)
 
