@@ -150,6 +150,18 @@ def test_fit_learns_and_export_round_trips(experts: Path, tmp_path: Path) -> Non
     assert mtt.syn_lr.item() != 0.01  # learned, started at the experts' lr
 
 
+@pytest.mark.parametrize("unroll", ["full", "checkpointed"])
+def test_bf16_autocast_trains_an_fp32_set(experts: Path, tmp_path: Path, unroll: str) -> None:
+    L.seed_everything(0)
+    mtt = _mtt(experts, unroll=unroll, segment=1)
+    start = mtt.synthetic.detach().clone()
+    trainer = _trainer(2, default_root_dir=tmp_path, precision="bf16-mixed")
+    trainer.fit(mtt, datamodule=_data())
+    assert trainer.global_step == 2 and mtt.synthetic.dtype == torch.float32 and mtt.syn_lr.dtype == torch.float32
+    assert torch.isfinite(mtt.synthetic).all() and not torch.equal(mtt.synthetic.detach(), start)
+    assert load_synset(Path(trainer.log_dir) / "distilled").features.dtype == torch.float32
+
+
 class _NaNOnce(MTT):
     """Injects a NaN loss into the calls listed in ``bad`` (counted from 0)."""
 
