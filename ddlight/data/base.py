@@ -129,8 +129,8 @@ class AudioDataModule(L.LightningDataModule, ABC):
         seed: Seed of anything random in loading (splits of user data, procedural sounds).
         cache_features: Compute each split's features once (on the trainer's device, kept in CPU memory:
             a fraction of the waveforms' size) and serve them in every epoch and every
-            :meth:`split_features` call. Off, and for a split whose features would fill more than half
-            of the machine's memory (with a warning): the front end runs on every batch.
+            :meth:`split_features` call. Off, and for a split whose cache would pass half the memory
+            the run may use (with a warning): the front end runs on every batch.
     """
 
     #: Short dataset name, used for default output folders such as ``experts/<name>/``.
