@@ -56,7 +56,7 @@ class AudioFolder(FileAudioDataModule):
         duration: Clip length in seconds; clips are cropped from the start or zero-padded.
         features: Feature front end applied on the device.
         batch_size: Batch size of all loaders.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes for splits served as waveforms (a cached split needs none).
         seed: Seed of the split drawn on first use.
         cache_dir: Folder of the decoded-split cache (default ``<root>/.ddlight_cache``).
         skip_bad_files: Skip undecodable files with a warning instead of failing.

@@ -78,7 +78,7 @@ class AudioMNIST(FileAudioDataModule):
         duration: Clip length in seconds (the recordings are shorter than 1 s and are zero-padded).
         features: Feature front end applied on the device.
         batch_size: Batch size of all loaders.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes for splits served as waveforms (a cached split needs none).
         seed: Seed of anything random in loading (nothing, for AudioMNIST).
         cache_dir: Folder of the decoded-split cache (default ``<root>/.ddlight_cache``).
         skip_bad_files: Skip (with a warning) missing or undecodable files, files whose name is not

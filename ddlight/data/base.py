@@ -125,7 +125,7 @@ class AudioDataModule(L.LightningDataModule, ABC):
         duration: Clip length in seconds; clips are cropped or zero-padded to it.
         features: Feature front end applied on the device.
         batch_size: Batch size of all loaders.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes for splits served as waveforms (a cached split needs none).
         seed: Seed of anything random in loading (splits of user data, procedural sounds).
         cache_features: Compute each split's features once (on the trainer's device, kept in CPU memory:
             a fraction of the waveforms' size) and serve them in every epoch and every

@@ -57,7 +57,7 @@ class ESC50(FileAudioDataModule):
         duration: Clip length in seconds (the recordings are 5 s).
         features: Feature front end applied on the device.
         batch_size: Batch size of all loaders.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes for splits served as waveforms (a cached split needs none).
         seed: Seed of anything random in loading (nothing, for ESC-50).
         cache_dir: Folder of the decoded-split cache (default ``<root>/.ddlight_cache``).
         skip_bad_files: Skip missing or undecodable files with a warning instead of failing.

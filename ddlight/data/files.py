@@ -206,7 +206,7 @@ class FileAudioDataModule(AudioDataModule):
         duration: Clip length in seconds; clips are cropped from the start or zero-padded.
         features: Feature front end applied on the device.
         batch_size: Batch size of all loaders.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes for splits served as waveforms (a cached split needs none).
         seed: Seed of anything random in loading.
         cache_dir: Folder of the decoded-split cache (default ``<root>/.ddlight_cache``).
         skip_bad_files: Skip (with a warning naming each) files that are missing or cannot be decoded,

@@ -74,7 +74,7 @@ class SpeechCommands(FileAudioDataModule):
         duration: Clip length in seconds.
         features: Feature front end applied on the device.
         batch_size: Batch size of all loaders.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes for splits served as waveforms (a cached split needs none).
         seed: Seed of the ``_unknown_`` subset and the ``_silence_`` crops.
         cache_dir: Folder of the decoded-split cache (default ``<root>/.ddlight_cache``).
         skip_bad_files: Skip undecodable files, and ignore split-list entries that name no file, with a

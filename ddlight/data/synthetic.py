@@ -165,7 +165,7 @@ class SyntheticSounds(AudioDataModule):
         duration: Clip length in seconds.
         features: Feature front end applied on the device.
         batch_size: Batch size of all loaders.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes for splits served as waveforms (a cached split needs none).
         seed: Seed of the generator; the same seed gives the same clips everywhere.
         cache_features: Compute each split's features once and serve them every epoch (see
             :class:`~ddlight.data.base.AudioDataModule`); off: the front end runs on every batch.

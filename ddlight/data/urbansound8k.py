@@ -60,7 +60,7 @@ class UrbanSound8K(FileAudioDataModule):
         duration: Clip length in seconds (excerpts are at most 4 s).
         features: Feature front end applied on the device.
         batch_size: Batch size of all loaders.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes for splits served as waveforms (a cached split needs none).
         seed: Seed of anything random in loading (nothing, for US8K).
         cache_dir: Folder of the decoded-split cache (default ``<root>/.ddlight_cache``).
         skip_bad_files: Skip missing or undecodable files with a warning instead of failing.
