@@ -84,6 +84,17 @@ METHODS = {
 }
 
 
+def _run(workdir: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """``python -m ddlight <args>`` in ``workdir`` (one thread; the signaller importable; Ctrl-C's default action).
+
+    A shell starts background jobs (``make test &``) with SIGINT ignored, which Python and so the run would
+    inherit: the run gets SIGINT's default action back before it starts.
+    """
+    env = os.environ | {"PYTHONPATH": str(workdir), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "ddlight", *args], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=300, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 def _fit(workdir: Path, experts: Path, version: int, *extra: str, method: str = "mtt",
          teacher: Path | None = None) -> subprocess.CompletedProcess:
     """``ddlight fit --config configs/<method>_synthetic.yaml`` at tiny size in a subprocess (run folder version_N)."""
@@ -98,15 +109,7 @@ def _fit(workdir: Path, experts: Path, version: int, *extra: str, method: str = 
           "frami": [f"--model.init_args.teacher={teacher}"]}[method],
         *extra,
     ]
-    env = os.environ | {"PYTHONPATH": str(workdir), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "ddlight", *args], cwd=workdir, env=env, capture_output=True,
-                          text=True, timeout=300, preexec_fn=_default_sigint)
-
-
-def _default_sigint() -> None:
-    """Give the run Ctrl-C's default action: a shell starts background jobs (``make test &``) with SIGINT ignored,
-    which Python and so the run would inherit."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return _run(workdir, args)
 
 
 def _signal_at(step: int, name: str) -> str:
@@ -187,15 +190,7 @@ def _fit_al(workdir: Path, version: int, *extra: str) -> subprocess.CompletedPro
     (workdir / "signaller.py").write_text(SIGNALLER)
     args = ["fit", "--config", str(REPO / "configs/al_synthetic.yaml"), *AL_ARGS, "--trainer.enable_progress_bar=false",
             f"--trainer.logger.init_args.version={version}", *extra]
-    env = os.environ | {"PYTHONPATH": str(workdir), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "ddlight", *args], cwd=workdir, env=env, capture_output=True,
-                          text=True, timeout=300, preexec_fn=_default_sigint)
-
-
-def _default_sigint() -> None:
-    """Give the run Ctrl-C's default action: a shell starts background jobs (``make test &``) with SIGINT ignored,
-    which Python and so the run would inherit."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return _run(workdir, args)
 
 
 @pytest.mark.timeout(600)

@@ -246,9 +246,10 @@ class ReferenceCache:
 
     def get(self, candidate: Candidate, seed: int) -> tuple[float, float] | None:
         """The stored ``(accuracy, seconds)`` of a candidate and seed, or None."""
-        if not self.holds(candidate, seed):
+        path = self.path(candidate, seed)
+        if not path.is_file():
             return None
-        entry = load_json(self.path(candidate, seed))
+        entry = load_json(path)
         return float(entry["accuracy"]), float(entry["seconds"])
 
     def put(self, candidate: Candidate, seed: int, accuracy: float, seconds: float) -> None:
