@@ -36,7 +36,7 @@ from ddlight.evaluation import evaluate
 from ddlight.features import FeatureConfig
 from ddlight.recipe import TrainRecipe
 kept = keep_freed_memory()
-epochs, size, threads, repeats, width = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+epochs, size, precision, threads, repeats, width = *sys.argv[1:4], *map(int, sys.argv[4:])
 torch.set_num_threads(threads)
 features = FeatureConfig(name="fdmfcc", n_fft=1024, hop_length=512, n_mels=40, n_mfcc=20)
 dm = SyntheticSounds(train_per_class=100, val_per_class=20, test_per_class=60, features=features)
@@ -45,19 +45,38 @@ x, y = dm.split_features("train")
 if size != "full":
     x, y = x.view(11, 100, *x.shape[1:])[:, :int(size)].flatten(0, 1), y.view(11, 100)[:, :int(size)].flatten()
 began = time.perf_counter()
-result = evaluate(x, y, *dm.split_features("test"), TrainRecipe(epochs=int(epochs), lr=0.01), ["convnet"], repeats,
+recipe = TrainRecipe(epochs=int(epochs), lr=0.01, precision=precision)
+result = evaluate(x, y, *dm.split_features("test"), recipe, ["convnet"], repeats,
                   {"convnet": {"width": width}}, show_progress=False)
 seconds = time.perf_counter() - began
 print(json.dumps({"kept": kept, "seconds": seconds, "accuracy": result["convnet"]["mean"]}))
 """
 
+#: The timed evaluations: training-set size (clips per class or ``full``) -> (label, repeats, width).
+CELLS = {
+    "10": ("a distilled set's evaluation: 10 per class (110 clips), 5 ConvNets of width 128", 5, 128),
+    "full": ("the full-split reference: the whole training split (1100 clips), 1 ConvNet of width 64", 1, 64),
+}
 
-def train(epochs: int, size: str, threads: int, repeats: int, width: int, keep: bool) -> dict[str, Any]:
-    """Seconds and mean accuracy of one evaluation in a fresh process (``keep``: freed memory kept)."""
+
+def train(
+    epochs: int, size: str, threads: int, repeats: int, width: int, keep: bool, precision: str = "32-true"
+) -> dict[str, Any]:
+    """Seconds and mean accuracy of one evaluation in a fresh process.
+
+    Args:
+        epochs: Training epochs.
+        size: Clips per class of the training set (a number), or ``full``: the whole training split.
+        threads: Torch threads of the worker.
+        repeats: Networks trained.
+        width: Their ConvNet width.
+        keep: Keep freed memory for reuse (``DDLIGHT_KEEP_FREED_MEMORY``).
+        precision: The recipe's ``precision``.
+    """
     settings = (*USER_SETTINGS, "GLIBC_TUNABLES")
     env = {k: v for k, v in os.environ.items() if k not in settings}
     env["DDLIGHT_KEEP_FREED_MEMORY"] = "1" if keep else "0"
-    command = [sys.executable, "-c", WORKER, str(epochs), size, str(threads), str(repeats), str(width)]
+    command = [sys.executable, "-c", WORKER, str(epochs), size, precision, str(threads), str(repeats), str(width)]
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if result["kept"] != keep:
@@ -73,12 +92,8 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    cells = {  # size: (label, repeats, width)
-        "10": ("a distilled set's evaluation: 10 per class (110 clips), 5 ConvNets of width 128", 5, 128),
-        "full": ("the full-split reference: the whole training split (1100 clips), 1 ConvNet of width 64", 1, 64),
-    }
     rows = []
-    for size, (label, repeats, width) in cells.items():
+    for size, (label, repeats, width) in CELLS.items():
         runs = interleaved(partial(train, args.epochs, size, args.threads, repeats, width), args.rounds)
         kept, default = (statistics.median(run["seconds"] for run in runs[k]) for k in (True, False))
         accuracies = {k: runs[k][0]["accuracy"] for k in (True, False)}

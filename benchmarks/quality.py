@@ -54,12 +54,13 @@ NETWORK = {"convnet": {"width": 64}}
 
 
 def evaluator_args(split: str, epochs: int, repeats: int, seed: int) -> list[str]:
-    """Overrides that make every run's SynsetEvaluator the same (synthetic set only, lr auto)."""
+    """Overrides that make every run's SynsetEvaluator the same (synthetic set only, lr auto, float32)."""
     return [
         "--trainer.callbacks.init_args.architectures=[convnet]", "--trainer.callbacks.init_args.baselines=[]",
         "--trainer.callbacks.init_args.full=false",
         f"--trainer.callbacks.init_args.network_options={json.dumps(NETWORK)}", "--trainer.callbacks.init_args.recipe.lr=auto",
-        f"--trainer.callbacks.init_args.recipe.epochs={epochs}", f"--trainer.callbacks.init_args.repeats={repeats}",
+        f"--trainer.callbacks.init_args.recipe.epochs={epochs}",
+        "--trainer.callbacks.init_args.recipe.precision=32-true", f"--trainer.callbacks.init_args.repeats={repeats}",
         f"--trainer.callbacks.init_args.eval_split={split}", f"--trainer.callbacks.init_args.recipe.seed={seed}",
     ]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -14,6 +14,7 @@ from ddlight.io import atomic_write
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 def machine(device: torch.device | str = "cpu") -> str:
@@ -52,14 +53,15 @@ def publish(name: str, section: str, write: bool) -> None:
         write_section(name, section)
 
 
-def interleaved(run: Callable[[bool], T], rounds: int) -> dict[bool, list[T]]:
-    """``rounds`` results of ``run(True)`` and of ``run(False)``, alternating which goes first.
+def interleaved(run: Callable[[S], T], rounds: int, settings: Sequence[S] = (True, False)) -> dict[S, list[T]]:
+    """``rounds`` results of ``run(setting)`` for every setting, rotating which goes first each round.
 
-    Load from other jobs on the machine then hits both settings alike; each result is printed as it comes.
+    Load from other jobs on the machine then hits every setting alike; each result is printed as it comes.
     """
-    results: dict[bool, list[T]] = {True: [], False: []}
+    results: dict[S, list[T]] = {setting: [] for setting in settings}
     for r in range(rounds):
-        for setting in (True, False) if r % 2 == 0 else (False, True):
+        shift = r % len(settings)
+        for setting in (*settings[shift:], *settings[:shift]):
             results[setting].append(run(setting))
             print(f"round {r}, {setting}: {results[setting][-1]}", flush=True)
     return results

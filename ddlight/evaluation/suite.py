@@ -73,7 +73,7 @@ def protocol_recipe(
         "batch_size": recipe.batch_size, "augment": recipe.augment, "repeats": repeats, "seed": recipe.seed,
         "full_epochs": full_epochs or recipe.epochs, "full_repeats": full_repeats or repeats,
         "optimizer": recipe.optimizer, "momentum": recipe.momentum, "weight_decay": recipe.weight_decay,
-        "lr_schedule": recipe.lr_schedule,
+        "lr_schedule": recipe.lr_schedule, "precision": recipe.precision,
     }
 
 

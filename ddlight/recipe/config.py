@@ -9,6 +9,8 @@ import torch
 
 OPTIMIZERS = ("sgd",)
 LR_SCHEDULES = ("step", "constant")
+#: Arithmetic of training, in Lightning's names: float32, or bfloat16 autocast over float32 weights.
+PRECISIONS = ("32-true", "bf16-mixed")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,12 @@ class TrainRecipe:
             float rounding. Off by default: on a CPU the stacked (grouped) convolutions measured 1.5-2x
             slower than one network at a time (BENCHMARKS.md, ``benchmarks/eval_batched.py``); it is
             meant for accelerators that one small network leaves idle.
+        precision: ``32-true`` (float32) or ``bf16-mixed``: every training step under bfloat16
+            autocast (convolutions and matrix products in bfloat16, weights, optimizer and scoring in
+            float32), as Lightning's ``--trainer.precision bf16-mixed``. Faster where the device has
+            bfloat16 units (CPUs with AVX512-BF16 or AMX, GPUs from Ampere on; BENCHMARKS.md,
+            "Evaluation in bfloat16"), emulated and slower elsewhere. Every set of a report is trained
+            with the same precision, and the report records it.
 
     Raises:
         ValueError: Naming the first invalid setting and its value.
@@ -50,6 +58,7 @@ class TrainRecipe:
     augment: bool = True
     seed: int = 0
     batched: bool = False
+    precision: Literal["32-true", "bf16-mixed"] = "32-true"
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
@@ -68,6 +77,8 @@ class TrainRecipe:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     @property
     def learning_rate(self) -> float:

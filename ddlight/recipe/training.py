@@ -14,11 +14,15 @@ r)`` and draws its batch order and its augmentation from its own ``torch.Generat
   so each slice follows its sequential twin up to float rounding. Batch-norm running statistics are
   stacked buffers updated in place; dropout draws differ per network (``randomness="different"``) but
   come from the global RNG, so they are not those of the sequential path.
+
+With ``recipe.precision == "bf16-mixed"`` every step of both paths runs under bfloat16 autocast
+(:func:`step_autocast`).
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
@@ -68,6 +72,29 @@ class _Draws:
         return self.augment(x[index], self.generator) if self.augment is not None else x[index]
 
 
+#: Makes the autocast context of one training step (a fresh one per step: see :func:`step_autocast`).
+Autocast = Callable[[], torch.autocast]
+
+
+def step_autocast(recipe: TrainRecipe, device: torch.device) -> Autocast:
+    """The autocast context of one training step with ``recipe`` on ``device`` (disabled for ``32-true``).
+
+    One context per step, never one around the whole loop: autocast caches its bfloat16 copies of the
+    weights until the outermost context exits, so a loop inside a single context would keep computing
+    with the weights of the first step while SGD updates the float32 ones.
+
+    Raises:
+        ValueError: ``bf16-mixed`` on a CUDA device without bfloat16 support.
+    """
+    enabled = recipe.precision == "bf16-mixed"
+    if enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision bf16-mixed: {torch.cuda.get_device_name(device)} has no bfloat16; use 32-true")
+    if enabled and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn("precision bf16-mixed on a CPU without bfloat16 instructions is emulated and slower than "
+                      "32-true", stacklevel=3)
+    return partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def _optimizer(
     params: list[Tensor], recipe: TrainRecipe
 ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
@@ -86,14 +113,22 @@ def _step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
 
 
 def _fit_sequential(
-    network: nn.Module, x: Tensor, targets: Tensor, recipe: TrainRecipe, draws: _Draws, progress: Progress | None
+    network: nn.Module,
+    x: Tensor,
+    targets: Tensor,
+    recipe: TrainRecipe,
+    draws: _Draws,
+    cast: Autocast,
+    progress: Progress | None,
 ) -> None:
     """Train one network in place."""
     optimizer, scheduler = _optimizer(list(network.parameters()), recipe)
     network.train()
     for _ in range(recipe.epochs):
         for index in draws.batches(len(x), recipe.batch_size):
-            _step(optimizer, soft_cross_entropy(network(draws.inputs(x, index)), targets[index]))
+            with cast():
+                loss = soft_cross_entropy(network(draws.inputs(x, index)), targets[index])
+            _step(optimizer, loss)
         scheduler.step()
         if progress is not None:
             progress(1)
@@ -105,6 +140,7 @@ def _fit_stacked(
     targets: Tensor,
     recipe: TrainRecipe,
     draws: list[_Draws],
+    cast: Autocast,
     progress: Progress | None,
 ) -> None:
     """Train networks of one architecture together on stacked parameters, then copy them back in place."""
@@ -122,7 +158,9 @@ def _fit_stacked(
         orders = [d.batches(len(x), recipe.batch_size) for d in draws]
         for indices in zip(*orders):
             inputs = torch.stack([d.inputs(x, index) for d, index in zip(draws, indices)], dim=1)
-            _step(optimizer, losses(params, buffers, inputs, torch.stack([targets[i] for i in indices])).sum())
+            with cast():
+                loss = losses(params, buffers, inputs, torch.stack([targets[i] for i in indices])).sum()
+            _step(optimizer, loss)
         scheduler.step()
         if progress is not None:
             progress(len(networks))
@@ -160,8 +198,8 @@ def fit_networks(
         The trained networks, in eval mode, in seed order.
 
     Raises:
-        ValueError: If the set is empty, its targets do not match it, ``repeats < 1`` or the recipe's
-            ``lr`` is ``auto``.
+        ValueError: If the set is empty, its targets do not match it, ``repeats < 1``, the recipe's
+            ``lr`` is ``auto``, or it asks for ``bf16-mixed`` on a GPU without bfloat16.
     """
     if len(x) == 0 or len(x) != len(targets):
         raise ValueError(f"{len(x)} training samples but {len(targets)} targets")
@@ -171,15 +209,16 @@ def fit_networks(
     augment = SpecAugment().train() if recipe.augment else None
     seeds = [recipe.seed + r for r in range(repeats)]
     draws = [_Draws(seed, x.device, augment) for seed in seeds]
+    cast = step_autocast(recipe, x.device)
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.enable_grad():
         networks = []
         for seed, draw in zip(seeds, draws):
             torch.manual_seed(seed)
             networks.append(build().to(x.device))
             if not (recipe.batched and repeats > 1):
-                _fit_sequential(networks[-1], x, targets, recipe, draw, progress)
+                _fit_sequential(networks[-1], x, targets, recipe, draw, cast, progress)
         if recipe.batched and repeats > 1:
-            _fit_stacked(networks, x, targets, recipe, draws, progress)
+            _fit_stacked(networks, x, targets, recipe, draws, cast, progress)
     return [network.eval() for network in networks]
 
 

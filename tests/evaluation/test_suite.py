@@ -26,7 +26,7 @@ def test_the_report_records_the_recipe_with_the_resolved_lr() -> None:
     assert protocol_recipe(recipe, {"syn_lr": 0.02}, repeats=3, full_epochs=5) == {
         "lr": 0.02, "lr_requested": "auto", "epochs": 20, "batch_size": 32, "augment": True, "repeats": 3,
         "seed": 4, "full_epochs": 5, "full_repeats": 3, "optimizer": "sgd", "momentum": 0.9,
-        "weight_decay": 5e-4, "lr_schedule": "step",
+        "weight_decay": 5e-4, "lr_schedule": "step", "precision": "32-true",
     }
 
 
