@@ -60,7 +60,14 @@ CELLS = {
 
 
 def train(
-    epochs: int, size: str, threads: int, repeats: int, width: int, keep: bool, precision: str = "32-true"
+    epochs: int,
+    size: str,
+    threads: int,
+    repeats: int,
+    width: int,
+    keep: bool,
+    precision: str = "32-true",
+    isa: str | None = None,
 ) -> dict[str, Any]:
     """Seconds and mean accuracy of one evaluation in a fresh process.
 
@@ -72,10 +79,14 @@ def train(
         width: Their ConvNet width.
         keep: Keep freed memory for reuse (``DDLIGHT_KEEP_FREED_MEMORY``).
         precision: The recipe's ``precision``.
+        isa: Cap on the instruction set oneDNN may use (``ONEDNN_MAX_CPU_ISA``, e.g. ``AVX2``), to time
+            what a CPU without the newer instructions would do; None: all this CPU has.
     """
     settings = (*USER_SETTINGS, "GLIBC_TUNABLES")
     env = {k: v for k, v in os.environ.items() if k not in settings}
     env["DDLIGHT_KEEP_FREED_MEMORY"] = "1" if keep else "0"
+    if isa is not None:
+        env["ONEDNN_MAX_CPU_ISA"] = isa
     command = [sys.executable, "-c", WORKER, str(epochs), size, precision, str(threads), str(repeats), str(width)]
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -28,6 +29,7 @@ from ddlight.recipe import (
     soft_cross_entropy,
     summarize,
 )
+from ddlight.recipe import training
 from ddlight.recipe.training import _Draws
 
 SHAPE = (1, 8, 8)
@@ -169,6 +171,15 @@ class TestFit:
             init = builder()()
             path = (fp32.classifier.weight - init.classifier.weight).norm()
             assert 0 < (bf16.classifier.weight - fp32.classifier.weight).norm() < 0.05 * path
+
+    def test_bf16_on_a_cpu_without_bfloat16_units_warns(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        x, y = toy(2, 0)
+        monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+        with pytest.warns(UserWarning, match="emulated"):
+            fit_networks(builder(), x, y, TrainRecipe(epochs=1, lr=0.01, precision="bf16-mixed"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fit_networks(builder(), x, y, TrainRecipe(epochs=1, lr=0.01))
 
     @pytest.mark.parametrize("batched", [False, True])
     def test_progress_counts_every_network_epoch(self, batched: bool) -> None:
