@@ -40,7 +40,7 @@ def trajectory_loss(student: Tensor, start: Tensor, target: Tensor) -> Tensor:
 class MTT(Distiller):
     """Matching Training Trajectories, with DATM soft labels and an FTD exponential moving average.
 
-    Each training step samples an expert and a start epoch ``t`` in ``[0, max_start_epoch)``, starts a student
+    Each training step samples an expert and a start epoch ``t`` in ``[min_start_epoch, max_start_epoch)``, starts a student
     network at the expert's parameters ``θ*_t``, takes ``syn_steps`` differentiable SGD steps on
     (augmented) minibatches of the synthetic set with the learnable step size ``syn_lr`` and minimises
     :func:`trajectory_loss` against ``θ*_{t+expert_epochs}``. The synthetic set is updated with SGD
@@ -77,8 +77,11 @@ class MTT(Distiller):
         expert_dir: Folder of expert trajectories written by the expert config.
         syn_steps: Differentiable student steps ``N`` per update.
         expert_epochs: Expert epochs ``M`` the student must cover.
-        max_start_epoch: Start epochs are drawn from ``[0, max_start_epoch)`` as in the original (clipped to
-            what the experts recorded).
+        max_start_epoch: Start epochs are drawn from ``[min_start_epoch, max_start_epoch)`` (clipped to what
+            the experts recorded).
+        min_start_epoch: The window's first start epoch: 0 in the original MTT; DATM moves the window to
+            later epochs for larger sets (the later segments carry the harder patterns that more samples
+            per class can hold).
         lr_img: Learning rate of the synthetic features (normalised feature space).
         lr_lr: Learning rate of ``syn_lr``.
         lr_label: Learning rate of the soft-label logits.
@@ -114,6 +117,7 @@ class MTT(Distiller):
         syn_steps: int = 20,
         expert_epochs: int = 2,
         max_start_epoch: int = 10,
+        min_start_epoch: int = 0,
         lr_img: float = 100.0,
         lr_lr: float = 1e-5,
         lr_label: float = 2.0,
@@ -134,6 +138,8 @@ class MTT(Distiller):
         super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale, seed, max_bad_steps, max_grad_norm)
         if syn_steps < 1 or expert_epochs < 1 or max_start_epoch < 1 or segment < 1:
             raise ValueError("syn_steps, expert_epochs, max_start_epoch and segment must be >= 1")
+        if not 0 <= min_start_epoch < max_start_epoch:
+            raise ValueError(f"need 0 <= min_start_epoch < max_start_epoch, got {min_start_epoch}, {max_start_epoch}")
         if unroll not in ("full", "checkpointed"):
             raise ValueError(f"unroll must be 'full' or 'checkpointed', got {unroll!r}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
@@ -163,6 +169,12 @@ class MTT(Distiller):
                 f"expert_epochs={self.hparams.expert_epochs}; record longer experts"
             )
         self.max_start = min(self.hparams.max_start_epoch, snapshots - self.hparams.expert_epochs)
+        if self.hparams.min_start_epoch >= self.max_start:
+            raise ValueError(
+                f"experts in {self.hparams.expert_dir} have {snapshots - 1} epochs: with expert_epochs="
+                f"{self.hparams.expert_epochs} the last start epoch is {self.max_start - 1}, below min_start_epoch="
+                f"{self.hparams.min_start_epoch}; lower it or record longer experts"
+            )
         self.experts = experts
         self.build_student(manifest)
         if self.hparams.syn_lr_init is None:
@@ -299,13 +311,13 @@ class MTT(Distiller):
         return loss.detach()
 
     def sample_segment(self, generator: torch.Generator) -> tuple[Tensor, Tensor, int]:
-        """Sample an expert and a start epoch ``t`` in ``[0, max_start)``.
+        """Sample an expert and a start epoch ``t`` in ``[min_start_epoch, max_start)``.
 
         Returns:
             The flat expert parameters ``θ*_t`` and ``θ*_{t+expert_epochs}``, and ``t``.
         """
         expert = self.experts[int(torch.randint(len(self.experts), (1,), generator=generator))]
-        start = int(torch.randint(self.max_start, (1,), generator=generator))
+        start = int(torch.randint(self.hparams.min_start_epoch, self.max_start, (1,), generator=generator))
         return self.flat(expert, start), self.flat(expert, start + self.hparams.expert_epochs), start
 
     # ------------------------------------------------------------------------------------ training
@@ -378,6 +390,7 @@ class MTT(Distiller):
             "syn_steps": hp.syn_steps,
             "expert_epochs": hp.expert_epochs,
             "max_start_epoch": hp.max_start_epoch,
-            "start_epochs": [0, self.max_start],  # drawn from [0, max_start): the window the experts allowed
+            "min_start_epoch": hp.min_start_epoch,
+            "start_epochs": [hp.min_start_epoch, self.max_start],  # drawn from [min, max): what the experts allowed
             "ema": hp.ema_decay is not None,
         }

@@ -287,6 +287,19 @@ def test_start_epochs_are_drawn_below_max_start_epoch(experts: Path) -> None:
     assert starts == {0, 1}
 
 
+def test_start_epoch_window_begins_at_min_start_epoch(experts: Path, tmp_path: Path) -> None:
+    """DATM's later window: starts in [1, 3) of the 3-epoch experts (4 snapshots), recorded in the manifest."""
+    mtt = _mtt(experts, min_start_epoch=1, max_start_epoch=5, expert_epochs=1)
+    _trainer(1).fit(mtt, datamodule=_data())  # max_start clipped to 4 snapshots - 1 = 3
+    generator = torch.Generator()
+    assert {mtt.sample_segment(generator)[2] for _ in range(40)} == {1, 2}
+    assert mtt.export_extras()["start_epochs"] == [1, 3]
+    with pytest.raises(ValueError, match="need 0 <= min_start_epoch < max_start_epoch, got 3, 3"):
+        _mtt(experts, min_start_epoch=3, max_start_epoch=3)
+    with pytest.raises(ValueError, match="last start epoch is 2, below min_start_epoch=3; lower it or record longer"):
+        _trainer(1).fit(_mtt(experts, min_start_epoch=3, max_start_epoch=5, expert_epochs=1), datamodule=_data())
+
+
 class _RankCheck(Callback):
     """After every step, gather a checksum of each rank's set (and sampled start epoch) into a file."""
 
