@@ -78,7 +78,8 @@ def accuracy_rows(args: argparse.Namespace) -> list[str]:
     sets: dict[str, tuple[torch.Tensor, torch.Tensor, TrainRecipe, int]] = {}
     for seed in args.seeds:
         idx = baseline_indices("random", train_y, 10, None, seed)
-        sets[f"random 10 per class, seed {seed}"] = (train_x[idx], train_y[idx], replace(recipe, seed=seed), args.repeats)
+        subset = (train_x[idx], train_y[idx], replace(recipe, seed=seed), args.repeats)
+        sets[f"random 10 per class, seed {seed}"] = subset
     for folder in args.synset:
         synset = load_synset(folder)
         name = f"{synset.manifest.get('method', 'set')} ipc {synset.manifest['ipc']}: {Path(folder).parts[-4]}"

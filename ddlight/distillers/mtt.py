@@ -40,8 +40,8 @@ def trajectory_loss(student: Tensor, start: Tensor, target: Tensor) -> Tensor:
 class MTT(Distiller):
     """Matching Training Trajectories, with DATM soft labels and an FTD exponential moving average.
 
-    Each training step samples an expert and a start epoch ``t`` in ``[min_start_epoch, max_start_epoch)``, starts a student
-    network at the expert's parameters ``θ*_t``, takes ``syn_steps`` differentiable SGD steps on
+    Each training step samples an expert and a start epoch ``t`` in ``[min_start_epoch, max_start_epoch)``,
+    starts a student network at the expert's parameters ``θ*_t``, takes ``syn_steps`` differentiable SGD steps on
     (augmented) minibatches of the synthetic set with the learnable step size ``syn_lr`` and minimises
     :func:`trajectory_loss` against ``θ*_{t+expert_epochs}``. The synthetic set is updated with SGD
     (momentum ``momentum``), ``syn_lr`` with its own SGD, soft labels (``learn_labels``) with a third.
