@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from benchmarks.allocator import CELLS, train
-from benchmarks.quality import load_data
+from benchmarks.quality import NETWORK, load_data
 from benchmarks.report import interleaved, machine, publish
 from ddlight.evaluation import DEFAULT_LR, baseline_indices, evaluate, resolve_recipe
 from ddlight.io import load_synset
@@ -48,7 +48,6 @@ WAYS = {
     (True, "32-true"): "default: memory kept, fp32",
     (True, "bf16-mixed"): "memory kept, bf16-mixed",
 }
-NETWORK = {"convnet": {"width": 64}}
 #: Instruction-set caps of ``--emulated`` (None: all this CPU has).
 ISAS = {"AVX2": "AVX2 only", "AVX512_CORE": "AVX-512 without BF16", None: "this CPU (AVX-512 with BF16)"}
 
