@@ -1,7 +1,7 @@
 """Wall-clock time of `make demo`'s job (install excluded): experts, then MTT with its evaluation.
 
-Runs the two commands of the Makefile's ``demo`` target in a fresh working folder (no experts, no runs),
-times each, and records the machine, the thread count and the load average before and after (other
+Runs the commands of the Makefile's ``demo`` target (read from the Makefile, so the two cannot drift
+apart) in a fresh working folder (no experts, no runs), times each, and records the machine, the thread count and the load average before and after (other
 jobs on the machine slow the demo down: the table says how busy it was).
 
     python -m benchmarks.demo_time --write
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -22,15 +23,32 @@ from ddlight.io import load_json
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "demo_time"
-#: The Makefile's demo target, one command per stage.
-STAGES = {"experts": "configs/expert_synthetic.yaml", "mtt + evaluation": "configs/mtt_synthetic.yaml"}
 
 
-def run_stage(config: str, workdir: Path) -> float:
-    """Seconds ``python -m ddlight fit --config <config>`` takes in ``workdir`` (fails loudly if it fails)."""
+def demo_commands(makefile: Path = REPO / "Makefile") -> dict[str, list[str]]:
+    """The ``ddlight`` commands of the Makefile's ``demo`` recipe, named by their config's file name.
+
+    ``$(ENV_PYTHON)`` becomes this interpreter; config paths are made absolute (the stages run elsewhere).
+    """
+    lines = makefile.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("demo:")) + 1
+    commands = {}
+    for line in lines[start:]:
+        if not line.startswith("\t"):
+            break
+        argv = [sys.executable if word == "$(ENV_PYTHON)" else word for word in shlex.split(line)]
+        config = argv[argv.index("--config") + 1]
+        argv[argv.index("--config") + 1] = str(REPO / config)
+        commands[Path(config).stem] = argv
+    if not commands:
+        raise ValueError(f"no commands found in the demo recipe of {makefile}")
+    return commands
+
+
+def run_stage(argv: list[str], workdir: Path) -> float:
+    """Seconds the command ``argv`` takes in ``workdir`` (fails loudly if it fails)."""
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ddlight", "fit", "--config", str(REPO / config)], cwd=workdir, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    subprocess.run(argv, cwd=workdir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return time.perf_counter() - began
 
 
@@ -41,7 +59,8 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ddlight-demo-") as tmp:
         workdir = Path(tmp)
-        seconds = {stage: run_stage(config, workdir) for stage, config in STAGES.items()}
+        commands = demo_commands()
+        seconds = {stage: run_stage(argv, workdir) for stage, argv in commands.items()}
         report = load_json(next(workdir.glob("runs/mtt_synthetic/**/evaluation.json")))
     load_after = os.getloadavg()[0]
     row = report["results"][0]
@@ -50,8 +69,10 @@ def main() -> None:
         "## `make demo`: wall-clock time",
         "",
         f"`python -m benchmarks.demo_time` on {machine()}; load average {load_before:.1f} before, {load_after:.1f} "
-        "after (2 would be this demo alone on 2 cores). The Makefile's two demo commands in a fresh folder, "
+        "after (2 would be this demo alone on 2 cores). The Makefile's demo commands in a fresh folder, "
         "install excluded. Target: ≤ 5 min.",
+        "",
+        *(f"- `{shlex.join(['python', *argv[1:]]).replace(str(REPO) + '/', '')}`" for argv in commands.values()),
         "",
         "| stage | seconds |",
         "|---|---|",
