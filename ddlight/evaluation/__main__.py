@@ -102,7 +102,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     # a subclass group (not a plain typed argument) so that --data also takes a YAML file
     parser.add_subclass_arguments(AudioDataModule, "data", required=True)
     parser.add_argument("--architectures", nargs="+", default=["convnet"], help="Networks to evaluate.")
-    parser.add_argument("--baselines", nargs="*", default=list(BASELINES), help="Real-subset baselines.")
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
+                        help="Real-subset baselines (none: the flag without values).")
     init = parser.instantiate(parser.parse_args(args))
     return run(**{name: init[name] for name in inspect.signature(run).parameters})
 

@@ -71,6 +71,14 @@ def test_command_takes_a_data_config_file(synset_dir: Path, tmp_path: Path) -> N
     assert (tmp_path / "out" / "evaluation.md").is_file()
 
 
+def test_unknown_baseline_is_refused_while_parsing(synset_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """`--baselines '[]'` (a YAML habit) is a baseline named "[]": refused before anything is loaded or trained."""
+    with pytest.raises(SystemExit):
+        main_evaluation(["--synset", str(synset_dir), "--data", str(CONFIG.parent / "data" / "synthetic.yaml"),
+                         "--baselines", "[]"])
+    assert "'[]'" in capsys.readouterr().err
+
+
 def test_lr_auto_takes_the_learned_step_size_and_full_gives_g(synset_dir: Path, tmp_path: Path) -> None:
     """MTT sets carry syn_lr: `lr auto` (the default) trains every network with it, as the original does."""
     manifest_path = synset_dir / "manifest.json"
