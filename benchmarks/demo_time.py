@@ -1,8 +1,9 @@
 """Wall-clock time of `make demo`'s job (install excluded): experts, then MTT with its evaluation.
 
 Runs the commands of the Makefile's ``demo`` target (read from the Makefile, so the two cannot drift
-apart) in a fresh working folder (no experts, no runs), times each, and records the machine, the thread count and the load average before and after (other
-jobs on the machine slow the demo down: the table says how busy it was).
+apart) in a fresh working folder (no experts, no runs), times each, and records the machine, the thread
+count and the load average before and after (other jobs on the machine slow the demo down: the table says
+how busy it was).
 
     python -m benchmarks.demo_time --write
 """
@@ -31,7 +32,7 @@ def demo_commands(makefile: Path = REPO / "Makefile") -> dict[str, list[str]]:
     ``$(ENV_PYTHON)`` becomes this interpreter; config paths are made absolute (the stages run elsewhere).
     """
     lines = makefile.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("demo:")) + 1
+    start = next((i + 1 for i, line in enumerate(lines) if line.startswith("demo:")), len(lines))
     commands = {}
     for line in lines[start:]:
         if not line.startswith("\t"):

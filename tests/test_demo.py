@@ -41,3 +41,6 @@ def test_demo_commands_reject_a_makefile_without_a_demo_recipe(tmp_path: Path) -
     makefile.write_text("demo: install\n\ntest: install\n\tpytest\n")
     with pytest.raises(ValueError, match="demo recipe"):
         demo_commands(makefile)
+    makefile.write_text("test: install\n\tpytest\n")  # no demo target at all
+    with pytest.raises(ValueError, match="demo recipe"):
+        demo_commands(makefile)
