@@ -38,9 +38,9 @@ def demo_commands(makefile: Path = REPO / "Makefile") -> dict[str, list[str]]:
         if not line.startswith("\t"):
             break
         argv = [sys.executable if word == "$(ENV_PYTHON)" else word for word in shlex.split(line)]
-        config = argv[argv.index("--config") + 1]
-        argv[argv.index("--config") + 1] = str(REPO / config)
-        commands[Path(config).stem] = argv
+        at = argv.index("--config") + 1
+        commands[Path(argv[at]).stem] = argv
+        argv[at] = str(REPO / argv[at])
     if not commands:
         raise ValueError(f"no commands found in the demo recipe of {makefile}")
     return commands

@@ -1,4 +1,4 @@
-"""`make demo` records the expert epochs its MTT reads, and the demo benchmark times what the Makefile runs."""
+"""`make demo` records every expert epoch its MTT reads, and the demo benchmark times what the Makefile runs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ import pytest
 import yaml
 
 from benchmarks.demo_time import demo_commands
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def option(argv: list[str], name: str) -> str | None:
     """Value of ``--name VALUE`` in ``argv`` (None when absent)."""
