@@ -175,6 +175,13 @@ class MTT(Distiller):
                 f"{self.hparams.expert_epochs} the last start epoch is {self.max_start - 1}, below min_start_epoch="
                 f"{self.hparams.min_start_epoch}; lower it or record longer experts"
             )
+        if self.max_start < self.hparams.max_start_epoch:
+            warnings.warn(
+                f"experts in {self.hparams.expert_dir} have {snapshots - 1} epochs: with expert_epochs="
+                f"{self.hparams.expert_epochs} start epochs are drawn from [{self.hparams.min_start_epoch}, "
+                f"{self.max_start}), not up to max_start_epoch={self.hparams.max_start_epoch}; record longer experts "
+                "to use the whole window", stacklevel=2,
+            )
         self.experts = experts
         self.build_student(manifest)
         if self.hparams.syn_lr_init is None:

@@ -6,6 +6,7 @@ import copy
 import math
 import os
 import socket
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -281,7 +282,9 @@ def test_minibatches_never_repeat_a_sample_within_a_step(batch_syn: int | None, 
 
 def test_start_epochs_are_drawn_below_max_start_epoch(experts: Path) -> None:
     mtt = _mtt(experts, max_start_epoch=2, expert_epochs=1)
-    _trainer(1).fit(mtt, datamodule=_data())  # loads the 3-epoch experts: starts in [0, 2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*start epochs are drawn")  # [0, 2) fits: no clipping warning
+        _trainer(1).fit(mtt, datamodule=_data())  # loads the 3-epoch experts: starts in [0, 2)
     generator = torch.Generator()
     starts = {mtt.sample_segment(generator)[2] for _ in range(40)}
     assert starts == {0, 1}
@@ -290,7 +293,8 @@ def test_start_epochs_are_drawn_below_max_start_epoch(experts: Path) -> None:
 def test_start_epoch_window_begins_at_min_start_epoch(experts: Path, tmp_path: Path) -> None:
     """DATM's later window: starts in [1, 3) of the 3-epoch experts (4 snapshots), recorded in the manifest."""
     mtt = _mtt(experts, min_start_epoch=1, max_start_epoch=5, expert_epochs=1)
-    _trainer(1).fit(mtt, datamodule=_data())  # max_start clipped to 4 snapshots - 1 = 3
+    with pytest.warns(UserWarning, match=r"start epochs are drawn from \[1, 3\), not up to max_start_epoch=5"):
+        _trainer(1).fit(mtt, datamodule=_data())  # max_start clipped to 4 snapshots - 1 = 3
     generator = torch.Generator()
     assert {mtt.sample_segment(generator)[2] for _ in range(40)} == {1, 2}
     assert mtt.export_extras()["start_epochs"] == [1, 3]
