@@ -30,7 +30,7 @@ endif
 	touch $@
 
 demo: install
-	$(ENV_PYTHON) -m ddlight fit --config configs/expert_synthetic.yaml
+	$(ENV_PYTHON) -m ddlight fit --config configs/expert_synthetic.yaml --model.init_args.num_models 2
 	$(ENV_PYTHON) -m ddlight fit --config configs/mtt_synthetic.yaml
 
 test: install

@@ -23,7 +23,7 @@ def test_demo_commands_are_the_makefiles_ddlight_runs() -> None:
 
 
 def test_demo_experts_cover_the_mtt_window() -> None:
-    """MTT silently clips its start window to what the experts recorded: the demo must record enough."""
+    """MTT clips its start window to what the experts recorded (with a warning): the demo must record enough."""
     commands = demo_commands()
     experts = commands["expert_synthetic"]
     config = yaml.safe_load(Path(option(experts, "--config")).read_text())
