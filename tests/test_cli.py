@@ -218,3 +218,15 @@ def test_every_config_resolves(configs: list[str], capsys: pytest.CaptureFixture
     assert "class_path" in config["data"]
     if "_ipc" in configs[-1]:
         assert config["model"]["init_args"]["ipc"] == int(Path(configs[-1]).stem.split("_ipc")[1])
+
+
+@pytest.mark.parametrize("configs", [c for c in _runs() if Path(c[0]).name.startswith("mtt_")],
+                         ids=lambda c: Path(c[-1]).name)
+def test_mtt_start_window_fits_the_shipped_experts(configs: list[str]) -> None:
+    """Every MTT config (and overlay) draws start epochs its dataset's expert config records (no clipping)."""
+    mtt = {}
+    for path in configs:
+        mtt |= yaml.safe_load(Path(path).read_text())["model"]["init_args"]
+    dataset = Path(configs[0]).stem.removeprefix("mtt_")
+    epochs = yaml.safe_load((CONFIGS / f"expert_{dataset}.yaml").read_text())["trainer"]["max_epochs"]
+    assert mtt["max_start_epoch"] - 1 + mtt["expert_epochs"] <= epochs
