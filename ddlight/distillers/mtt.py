@@ -78,7 +78,7 @@ class MTT(Distiller):
         syn_steps: Differentiable student steps ``N`` per update.
         expert_epochs: Expert epochs ``M`` the student must cover.
         max_start_epoch: Start epochs are drawn from ``[min_start_epoch, max_start_epoch)`` (clipped to what
-            the experts recorded).
+            the experts recorded, with a warning).
         min_start_epoch: The window's first start epoch: 0 in the original MTT; DATM moves the window to
             later epochs for larger sets (the later segments carry the harder patterns that more samples
             per class can hold).
