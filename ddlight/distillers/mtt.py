@@ -169,18 +169,18 @@ class MTT(Distiller):
                 f"expert_epochs={self.hparams.expert_epochs}; record longer experts"
             )
         self.max_start = min(self.hparams.max_start_epoch, snapshots - self.hparams.expert_epochs)
+        recorded = (f"experts in {self.hparams.expert_dir} have {snapshots - 1} epochs: with expert_epochs="
+                    f"{self.hparams.expert_epochs}")
         if self.hparams.min_start_epoch >= self.max_start:
             raise ValueError(
-                f"experts in {self.hparams.expert_dir} have {snapshots - 1} epochs: with expert_epochs="
-                f"{self.hparams.expert_epochs} the last start epoch is {self.max_start - 1}, below min_start_epoch="
+                f"{recorded} the last start epoch is {self.max_start - 1}, below min_start_epoch="
                 f"{self.hparams.min_start_epoch}; lower it or record longer experts"
             )
         if self.max_start < self.hparams.max_start_epoch:
             warnings.warn(
-                f"experts in {self.hparams.expert_dir} have {snapshots - 1} epochs: with expert_epochs="
-                f"{self.hparams.expert_epochs} start epochs are drawn from [{self.hparams.min_start_epoch}, "
-                f"{self.max_start}), not up to max_start_epoch={self.hparams.max_start_epoch}; record longer experts "
-                "to use the whole window", stacklevel=2,
+                f"{recorded} start epochs are drawn from [{self.hparams.min_start_epoch}, {self.max_start}), not up "
+                f"to max_start_epoch={self.hparams.max_start_epoch}; record longer experts to use the whole window",
+                stacklevel=2,
             )
         self.experts = experts
         self.build_student(manifest)
