@@ -20,6 +20,7 @@ from torch import Tensor
 from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Init, Synset
 from ddlight.networks import AudioNetwork, build_network
+from ddlight.networks.instance_norm import with_fast_instance_norm
 
 #: ``(outer_loop, inner_loop)`` of the original DC/DSA code (``get_loops``) by images per class.
 ORIGINAL_LOOPS: dict[int, tuple[int, int]] = {
@@ -176,7 +177,7 @@ class Condensation(Distiller):
             torch.manual_seed(draw_seed(generator))
             network = build_network(self.hparams.network, self.in_shape, self.num_classes,
                                     **dict(self.hparams.network_options or {}))
-        return network.to(self.device).train()
+        return with_fast_instance_norm(network).to(self.device).train()
 
     def augment_pair(self, real: Tensor, syn: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """The real and synthetic batch of a class under one siamese draw (unchanged without augmentation)."""

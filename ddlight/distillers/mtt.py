@@ -20,6 +20,7 @@ from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Init, Synset, soft_cross_entropy
 from ddlight.evaluation.suite import embedding_network
 from ddlight.io import load_trajectories
+from ddlight.networks.instance_norm import with_fast_instance_norm
 from ddlight.recipe import build_expert_network
 
 
@@ -193,7 +194,7 @@ class MTT(Distiller):
 
     def build_student(self, manifest: dict[str, Any]) -> None:
         """Build the student network the experts were trained as (its own weights are never used)."""
-        self.student = build_expert_network(manifest).requires_grad_(False)
+        self.student = with_fast_instance_norm(build_expert_network(manifest)).requires_grad_(False)
         self.shapes = {name: p.shape for name, p in self.student.named_parameters()}
 
     def check_experts(self, manifest: dict[str, Any], data: dict[str, Any]) -> None:
