@@ -19,8 +19,7 @@ from torch import Tensor
 
 from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Init, Synset
-from ddlight.networks import AudioNetwork, build_network
-from ddlight.networks.instance_norm import with_fast_instance_norm
+from ddlight.networks import AudioNetwork, build_network, with_fast_instance_norm
 
 #: ``(outer_loop, inner_loop)`` of the original DC/DSA code (``get_loops``) by images per class.
 ORIGINAL_LOOPS: dict[int, tuple[int, int]] = {

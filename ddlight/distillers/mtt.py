@@ -20,7 +20,7 @@ from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Init, Synset, soft_cross_entropy
 from ddlight.evaluation.suite import embedding_network
 from ddlight.io import load_trajectories
-from ddlight.networks.instance_norm import with_fast_instance_norm
+from ddlight.networks import with_fast_instance_norm
 from ddlight.recipe import build_expert_network
 
 

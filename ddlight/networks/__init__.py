@@ -4,7 +4,9 @@ Every network is an :class:`AudioNetwork`: it has ``in_shape``, ``num_classes`` 
 ``embed_dim`` attributes, an ``embed(x)`` method (features before the final linear layer, used
 by the coreset baselines) and a ``forward`` that works under :func:`torch.func.functional_call`,
 so distillers can unroll differentiable SGD through it. Prefer ``norm="instance"`` (or
-``"none"``) inside such unrolled loops: batch norm updates its running statistics in place.
+``"none"``) inside such unrolled loops: batch norm updates its running statistics in place; a distiller
+that differentiates through the network's backward pass (MTT, DC) should also pass it through
+:func:`with_fast_instance_norm`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Sequence
 from ddlight.networks.base import AudioNetwork, InShape, as_in_shape
 from ddlight.networks.cnn4 import CNN4
 from ddlight.networks.convnet import ConvNet
+from ddlight.networks.instance_norm import InstanceNorm, with_fast_instance_norm
 from ddlight.networks.kws import TCResNet8
 from ddlight.networks.mlp import MLP
 from ddlight.networks.resnet import ResNet, resnet18
@@ -88,6 +91,7 @@ __all__ = [
     "ConvNet",
     "HiddenStates",
     "InShape",
+    "InstanceNorm",
     "ResNet",
     "StatsPoolTDNN",
     "TCResNet8",
@@ -97,4 +101,5 @@ __all__ = [
     "resnet18",
     "statistics_pooling",
     "vgg11",
+    "with_fast_instance_norm",
 ]
