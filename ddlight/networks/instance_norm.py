@@ -1,10 +1,11 @@
 """Instance norm with a closed-form second derivative, for distillers that differentiate through training.
 
 MTT (and DC/DSA's gradient matching) backpropagate through the *backward* pass of the student: the
-instance norm's gradient is itself differentiated. PyTorch's own double backward of ``group_norm`` is a
-generic composite of about forty element-wise passes over the feature map and took a third of an MTT
-update on CPU (BENCHMARKS.md, "MTT update: time"). Here the first backward is PyTorch's fused kernel, and
-its derivative is written out by hand: five per-instance reductions and seven element-wise passes.
+instance norm's gradient is itself differentiated. Asked for a gradient with ``create_graph``, PyTorch runs
+the group-norm backward as a composite of about eight operations over the feature map, each recorded, and
+their derivative as about sixteen more (counted with ``torch.profiler``); together they took a third of an
+MTT update on CPU (BENCHMARKS.md, "MTT update: time"). Here the first backward is PyTorch's fused kernel (one
+pass) and its derivative is written out by hand: five per-instance reductions and nine element-wise passes.
 
 Notation for one instance (sample ``n``, channel ``c``) of ``M`` positions: ``x̂ = (x − μ) r`` with
 ``r = 1/√(var + eps)``, ``y = w x̂ + b``. Given ``g = ∂L/∂y`` the first backward returns
