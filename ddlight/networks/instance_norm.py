@@ -39,15 +39,16 @@ class _InstanceNormBackward(torch.autograd.Function):
     def backward(ctx, a: Tensor, grad_dw: Tensor, grad_db: Tensor) -> tuple[Tensor | None, ...]:
         g, x, weight, mean, rstd = ctx.saved_tensors
         shape, (n, c), m = x.shape, x.shape[:2], x.shape[2:].numel()
-        g, a = g.reshape(n * c, m), a.reshape(n * c, m)
-        r = rstd.reshape(n * c, 1)
-        w, alpha, beta = (t.repeat(n).view(n * c, 1) for t in (weight, grad_dw, grad_db))
-        xc = x.reshape(n * c, m) - mean.reshape(n * c, 1)
-        g0, a0 = g.mean(1, keepdim=True), a.mean(1, keepdim=True)
-        g1 = torch.linalg.vecdot(g, xc).view(-1, 1) * (r / m)  # mean(g x̂)
-        a1 = torch.linalg.vecdot(a, xc).view(-1, 1) * (r / m)  # mean(a x̂)
-        core = torch.linalg.vecdot(a, g).view(-1, 1) / m - a0 * g0 - a1 * g1  # mean(a P(g))
-        grad_w = (r * m * core).view(n, c).sum(0)
+        # [N, C, M] per instance; per-instance scalars are [N, C, 1], per-channel ones [C, 1].
+        g, a = g.reshape(n, c, m), a.reshape(n, c, m)
+        r = rstd.view(n, c, 1)
+        w, alpha, beta = weight.view(c, 1), grad_dw.view(c, 1), grad_db.view(c, 1)
+        xc = x.reshape(n, c, m) - mean.view(n, c, 1)
+        g0, a0 = g.mean(-1, keepdim=True), a.mean(-1, keepdim=True)
+        g1 = torch.linalg.vecdot(g, xc).unsqueeze(-1) * (r / m)  # mean(g x̂)
+        a1 = torch.linalg.vecdot(a, xc).unsqueeze(-1) * (r / m)  # mean(a x̂)
+        core = torch.linalg.vecdot(a, g).unsqueeze(-1) / m - a0 * g0 - a1 * g1  # mean(a P(g))
+        grad_w = (r * m * core).sum(0).view(c)
         # ∂/∂x̂ = k_g g + k_a a (x̂ held, r held); ∂/∂r = m w core; both pulled back through x̂(x) and r(x).
         k_g, k_a = alpha - r * a1 * w, -r * w * g1
         k_x = -r * (k_g * g1 + k_a * a1) - r * r * w * core
