@@ -13,6 +13,7 @@ import warnings
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -74,7 +75,10 @@ class MTT(Distiller):
         ipc: Synthetic samples per class.
         init: ``real`` (random real samples per class), ``herding`` (in the first expert's final embedding) or ``noise``.
         learn_labels: Learn soft labels (DATM).
-        label_scale: Initial logit of the true class for learnable labels.
+        label_scale: Initial logit of the true class for learnable labels (``label_init="onehot"``).
+        label_init: Initial logits of learnable labels: ``onehot`` (``label_scale`` × one-hot) or ``experts``
+            (DATM: per sample, the mean of the final experts' logits over the experts that classify it
+            correctly; ``label_scale`` × one-hot where none does). Computed once on the initial set.
         expert_dir: Folder of expert trajectories written by the expert config.
         syn_steps: Differentiable student steps ``N`` per update.
         expert_epochs: Expert epochs ``M`` the student must cover.
@@ -114,6 +118,7 @@ class MTT(Distiller):
         init: Init = "real",
         learn_labels: bool = False,
         label_scale: float = 5.0,
+        label_init: Literal["onehot", "experts"] = "onehot",
         expert_dir: str = "experts/synthetic",
         syn_steps: int = 20,
         expert_epochs: int = 2,
@@ -141,6 +146,11 @@ class MTT(Distiller):
             raise ValueError("syn_steps, expert_epochs, max_start_epoch and segment must be >= 1")
         if not 0 <= min_start_epoch < max_start_epoch:
             raise ValueError(f"need 0 <= min_start_epoch < max_start_epoch, got {min_start_epoch}, {max_start_epoch}")
+        if label_init not in ("onehot", "experts"):
+            raise ValueError(f"label_init must be 'onehot' or 'experts', got {label_init!r}")
+        if label_init == "experts" and not learn_labels:
+            raise ValueError("label_init='experts' initialises learnable soft labels: set learn_labels true "
+                             "(lr_label 0 keeps them at the experts' logits)")
         if unroll not in ("full", "checkpointed"):
             raise ValueError(f"unroll must be 'full' or 'checkpointed', got {unroll!r}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
@@ -330,13 +340,40 @@ class MTT(Distiller):
 
     # ------------------------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
-        """Initialise the set (base) and its average (a resumed run keeps both); the student on the device."""
+        """Initialise the set (base), its labels and average (a resumed run keeps them); the student on the device."""
         fresh = not bool(self.initialized)
         super().on_fit_start()
         self.student.to(self.device)
         self.augment_generator = torch.Generator(self.device)
+        if fresh and self.hparams.label_init == "experts":
+            self.label_logits.data.copy_(self.expert_label_logits())
         if self.synthetic_ema is not None and fresh:
             self.synthetic_ema.copy_(self.synthetic.detach())
+
+    @torch.no_grad()
+    def expert_label_logits(self) -> Tensor:
+        """DATM's soft-label initialisation: the final experts' mean logits on the set, over the correct experts.
+
+        Per sample, the logits of the experts (each at its last snapshot) whose prediction is the sample's
+        class are averaged; a sample no expert gets right keeps ``label_scale`` × one-hot.
+
+        Returns:
+            Logits ``[num_classes * ipc, num_classes]``.
+        """
+        last = len(next(iter(self.experts[0].values()))) - 1
+        logits = torch.stack([
+            torch.cat([functional_call(self.student, self.unflatten(self.flat(expert, last)), (chunk,))
+                       for chunk in self.synthetic.split(256)])
+            for expert in self.experts
+        ])  # [experts, N, K]
+        correct = (logits.argmax(-1) == self.labels).unsqueeze(-1)
+        count = correct.sum(0)
+        mean = (logits * correct).sum(0) / count.clamp(min=1)
+        onehot = self.hparams.label_scale * F.one_hot(self.labels, self.num_classes).to(mean)
+        agree = float((count > 0).float().mean())
+        self.print(f"MTT: soft labels from {len(self.experts)} experts' logits; {agree:.0%} of the set classified "
+                   "correctly by at least one expert (the rest keep one-hot labels)")
+        return torch.where(count > 0, mean, onehot)
 
     def loss(self) -> Tensor:
         """The matching loss of a sampled segment (:meth:`sample_segment`) after a sampled :meth:`plan`.
@@ -401,4 +438,5 @@ class MTT(Distiller):
             "min_start_epoch": hp.min_start_epoch,
             "start_epochs": [hp.min_start_epoch, self.max_start],  # drawn from [min, max): what the experts allowed
             "ema": hp.ema_decay is not None,
+            "label_init": hp.label_init if hp.learn_labels else None,
         }

@@ -206,6 +206,28 @@ def test_consecutive_nan_steps_stop(experts: Path) -> None:
         _trainer(5).fit(mtt, datamodule=data)
 
 
+def test_expert_label_init_averages_the_correct_experts_logits(experts: Path) -> None:
+    """label_init: experts (DATM) starts each label at the mean logits of the final experts that get it right."""
+    L.seed_everything(0)
+    mtt = _mtt(experts, ipc=2, init="real", learn_labels=True, label_init="experts", label_scale=7.0, lr_label=0.0,
+               lr_img=0.0)  # nothing moves: the labels and the set stay as initialised
+    _trainer(1).fit(mtt, datamodule=_data())
+    set_ = mtt.synthetic.detach()
+    logits = torch.stack([network(set_) for network in final_expert_networks(experts)[1]]).detach()
+    correct = logits.argmax(-1) == mtt.labels
+    for i, label in enumerate(mtt.labels.tolist()):
+        if correct[:, i].any():
+            expected = logits[correct[:, i], i].mean(0)
+        else:
+            expected = 7.0 * F.one_hot(torch.tensor(label), mtt.num_classes).float()
+        torch.testing.assert_close(mtt.label_logits.detach()[i], expected, rtol=1e-4, atol=1e-5)
+    assert correct.any(0).sum() > 0  # the hand check exercised the experts' branch
+    with pytest.raises(ValueError, match="learn_labels"):
+        _mtt(experts, label_init="experts")
+    with pytest.raises(ValueError, match="label_init"):
+        _mtt(experts, learn_labels=True, label_init="teacher")
+
+
 def test_herding_init_picks_the_evaluations_herding_subset(experts: Path) -> None:
     """init: herding starts from the subset the evaluation's herding baseline picks (first expert's embedding)."""
     data = SyntheticSounds(**(DATA | {"train_per_class": 6}))
