@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ddlight.augment import SpecAugment
 from ddlight.networks import build_network
+from ddlight.tasks.sam import SAM
 
 
 class Classifier(L.LightningModule):
@@ -43,6 +44,9 @@ class Classifier(L.LightningModule):
         weight_decay: Weight decay.
         augment: Augment training batches with :class:`~ddlight.augment.SpecAugment` (default settings).
         independent_orders: Give every network its own batch order (``num_models > 1``).
+        sam_rho: Train with sharpness-aware minimisation of this radius around the optimiser (FTD's flat
+            expert trajectories; :class:`~ddlight.tasks.sam.SAM`, one radius per network); 0 turns it off.
+            Twice the gradient evaluations per step.
     """
 
     def __init__(
@@ -58,10 +62,13 @@ class Classifier(L.LightningModule):
         weight_decay: float = 0.0,
         augment: bool = True,
         independent_orders: bool = True,
+        sam_rho: float = 0.0,
     ) -> None:
         super().__init__()
         if num_models < 1:
             raise ValueError(f"num_models must be >= 1, got {num_models}")
+        if sam_rho < 0:
+            raise ValueError(f"sam_rho must be >= 0 (0: plain {optimizer}), got {sam_rho}")
         self.save_hyperparameters()
         self.networks = nn.ModuleList(
             build_network(network, tuple(in_shape), num_classes, **(network_options or {}))
@@ -85,6 +92,11 @@ class Classifier(L.LightningModule):
         """
         if stage != "fit":
             return
+        if self.hparams.sam_rho and self.trainer.accumulate_grad_batches > 1:
+            raise ValueError(
+                f"sam_rho={self.hparams.sam_rho} cannot be combined with accumulate_grad_batches="
+                f"{self.trainer.accumulate_grad_batches}: SAM perturbs the weights along one batch's gradient"
+            )
         datamodule = self.trainer.datamodule
         wanted = len(self.networks) if self.hparams.independent_orders else 1
         if wanted > 1 and self.trainer.world_size > 1:
@@ -107,6 +119,10 @@ class Classifier(L.LightningModule):
         return torch.stack([net(x) for net in self.networks])
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        """The summed loss of every network on ``batch``, with its loss and accuracy logged.
+
+        Nothing is logged during SAM's second pass at the perturbed weights (its numbers are not the model's).
+        """
         x, targets = batch  # targets: labels [B], or soft label distributions [B, K] (distilled sets)
         if stage == "train" and self.orders > 1:  # chunk k of the batch is network k's own minibatch
             chunks = self.augment(x).chunk(self.orders)
@@ -116,6 +132,10 @@ class Classifier(L.LightningModule):
             logits = self(self.augment(x) if stage == "train" else x)
             targets = targets.expand(len(self.networks), *targets.shape)
         losses = torch.stack([F.cross_entropy(out, t) for out, t in zip(logits, targets)])
+        if stage == "train" and self._trainer is not None and any(
+            getattr(optimizer, "perturbed", False) for optimizer in self.trainer.optimizers
+        ):
+            return losses.sum()
         y = targets.argmax(-1) if targets.dim() == 3 else targets
         for k, (out, labels) in enumerate(zip(logits, y)):
             metric = self.metrics[f"{stage}_{k}"]
@@ -147,5 +167,9 @@ class Classifier(L.LightningModule):
         hp = self.hparams
         lr = self.learning_rate()
         if hp.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=lr, weight_decay=hp.weight_decay)
-        return torch.optim.SGD(self.parameters(), lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+            base, options = torch.optim.Adam, {"lr": lr, "weight_decay": hp.weight_decay}
+        else:
+            base, options = torch.optim.SGD, {"lr": lr, "momentum": hp.momentum, "weight_decay": hp.weight_decay}
+        if hp.sam_rho:
+            return SAM([{"params": net.parameters()} for net in self.networks], base, hp.sam_rho, **options)
+        return base(self.parameters(), **options)
