@@ -1,5 +1,6 @@
-"""LightningModules that train networks on real data."""
+"""LightningModules that train networks on real data, and the optimiser wrapper of flat experts."""
 
 from ddlight.tasks.classifier import Classifier
+from ddlight.tasks.sam import SAM
 
-__all__ = ["Classifier"]
+__all__ = ["SAM", "Classifier"]
