@@ -13,7 +13,6 @@ import warnings
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -355,25 +354,23 @@ class MTT(Distiller):
         """DATM's soft-label initialisation: the final experts' mean logits on the set, over the correct experts.
 
         Per sample, the logits of the experts (each at its last snapshot) whose prediction is the sample's
-        class are averaged; a sample no expert gets right keeps ``label_scale`` × one-hot.
+        class are averaged; a sample no expert gets right keeps its initial logits (``label_scale`` × one-hot).
 
         Returns:
             Logits ``[num_classes * ipc, num_classes]``.
         """
-        last = len(next(iter(self.experts[0].values()))) - 1
         logits = torch.stack([
-            torch.cat([functional_call(self.student, self.unflatten(self.flat(expert, last)), (chunk,))
+            torch.cat([functional_call(self.student, self.unflatten(self.flat(expert, -1)), (chunk,))
                        for chunk in self.synthetic.split(256)])
             for expert in self.experts
-        ])  # [experts, N, K]
+        ])  # [experts, N, K], each expert at its own last snapshot
         correct = (logits.argmax(-1) == self.labels).unsqueeze(-1)
         count = correct.sum(0)
         mean = (logits * correct).sum(0) / count.clamp(min=1)
-        onehot = self.hparams.label_scale * F.one_hot(self.labels, self.num_classes).to(mean)
         agree = float((count > 0).float().mean())
         self.print(f"MTT: soft labels from {len(self.experts)} experts' logits; {agree:.0%} of the set classified "
                    "correctly by at least one expert (the rest keep one-hot labels)")
-        return torch.where(count > 0, mean, onehot)
+        return torch.where(count > 0, mean, self.label_logits.detach())  # a fresh run's: label_scale × one-hot
 
     def loss(self) -> Tensor:
         """The matching loss of a sampled segment (:meth:`sample_segment`) after a sampled :meth:`plan`.
