@@ -186,23 +186,30 @@ class Distiller(L.LightningModule, ABC):
 
     @torch.no_grad()
     def initialize_from(self, features: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:
-        """Set the synthetic set to ``ipc`` real samples of each class: random ones, or herding's (``init``).
+        """Set the synthetic set to ``ipc`` real samples of each class (:meth:`real_start`)."""
+        self.synthetic.copy_(self.real_start(features, labels, self.ipc, generator).to(self.synthetic.device))
+
+    def real_start(
+        self, features: Tensor, labels: Tensor, per_class: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``per_class`` real samples of each class, class by class: random ones, or herding's (``init``).
 
         Raises:
-            ValueError: If a class has fewer than ``ipc`` real samples.
+            ValueError: If a class has fewer than ``per_class`` real samples.
         """
         counts = torch.bincount(labels.cpu(), minlength=self.num_classes)
-        short = {c: int(n) for c, n in enumerate(counts.tolist()) if n < self.ipc}
+        short = {c: int(n) for c, n in enumerate(counts.tolist()) if n < per_class}
         if short:
+            wanted = f"ipc={self.ipc}" if per_class == self.ipc else f"the {per_class} a set of ipc={self.ipc} starts from"
             raise ValueError(
-                f"classes {short} (class: training samples) have fewer than ipc={self.ipc}; lower ipc to at most "
-                f"{min(short.values())}, or initialise from noise (init: noise)"
+                f"classes {short} (class: training samples) have fewer than {wanted}; lower ipc to at most "
+                f"{min(short.values()) * self.ipc // per_class}, or initialise from noise (init: noise)"
             )
         if self.init == "herding":
-            chosen = herding(embed(self.init_embedding_network(features, labels), features), labels, self.ipc)
+            chosen = herding(embed(self.init_embedding_network(features, labels), features), labels, per_class)
         else:
-            chosen = random_subset(labels, self.ipc, generator)
-        self.synthetic.copy_(features[chosen.to(features.device)].to(self.synthetic.device))
+            chosen = random_subset(labels, per_class, generator)
+        return features[chosen.to(features.device)]
 
     def init_embedding_network(self, features: Tensor, labels: Tensor) -> nn.Module:
         """The network whose ``embed()`` places the real samples for ``init: herding``.
@@ -380,7 +387,7 @@ class Distiller(L.LightningModule, ABC):
         manifest = {
             "format": "ddlight-synset-1",
             "method": type(self).__name__.lower(),
-            "ipc": self.ipc,
+            "ipc": len(features) // self.num_classes,  # samples per class, as exported
             "num_classes": self.num_classes,
             "soft_labels": targets.dim() == 2,
             "step": int(self.global_step),

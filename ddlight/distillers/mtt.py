@@ -7,7 +7,6 @@ trajectories are recorded beforehand by :class:`~ddlight.callbacks.TrajectoryRec
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from typing import Any, Literal
@@ -17,7 +16,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ddlight.augment import SpecAugment
-from ddlight.distillers.base import Distiller, Init, Synset, soft_cross_entropy
+from ddlight.distillers.base import Distiller, Init, soft_cross_entropy
+from ddlight.distillers.formation import decode, encode, segment_lengths
 from ddlight.evaluation.suite import embedding_network
 from ddlight.io import load_trajectories
 from ddlight.networks import with_fast_instance_norm
@@ -71,8 +71,10 @@ class MTT(Distiller):
     Args:
         in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
         num_classes: Number of classes (linked from ``data.num_classes``).
-        ipc: Synthetic samples per class.
-        init: ``real`` (random real samples per class), ``herding`` (in the first expert's final embedding) or ``noise``.
+        ipc: Stored synthetic samples per class (each holds ``formation`` training samples).
+        init: ``real`` (random real samples per class), ``herding`` (in the first expert's final embedding) or
+            ``noise``; with ``formation`` > 1 the set starts from ``ipc × formation`` real samples per class, packed
+            ``formation`` to a stored sample (:func:`~ddlight.distillers.formation.encode`).
         learn_labels: Learn soft labels (DATM).
         label_scale: Initial logit of the true class for learnable labels (``label_init="onehot"``).
         label_init: Initial logits of learnable labels: ``onehot`` (``label_scale`` × one-hot) or ``experts``
@@ -91,7 +93,10 @@ class MTT(Distiller):
         lr_label: Learning rate of the soft-label logits.
         momentum: SGD momentum of the synthetic features and labels.
         syn_lr_init: Initial student step size; None uses the experts' learning rate.
-        batch_syn: Synthetic minibatch size per student step; None uses the whole set.
+        batch_syn: Synthetic minibatch size per student step (decoded samples); None uses the whole set.
+        formation: IDC's multi-formation in time (:mod:`ddlight.distillers.formation`): each stored sample
+            holds this many segments, each stretched to a full-length training sample, so the student and the
+            exported set have ``ipc × formation`` samples per class at the storage of ``ipc``. 1 (default): off.
         augment: Apply differentiable :class:`~ddlight.augment.SpecAugment` to every student batch.
         ema_decay: Decay of an exponential moving average of the set (FTD); when set, the average is
             what gets exported and evaluated.
@@ -129,6 +134,7 @@ class MTT(Distiller):
         momentum: float = 0.5,
         syn_lr_init: float | None = None,
         batch_syn: int | None = None,
+        formation: int = 1,
         augment: bool = True,
         ema_decay: float | None = None,
         max_grad_norm: float | None = None,
@@ -156,6 +162,7 @@ class MTT(Distiller):
             raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
         if not 0.0 < min_syn_lr < max_syn_lr:
             raise ValueError(f"need 0 < min_syn_lr < max_syn_lr, got {min_syn_lr}, {max_syn_lr}")
+        segment_lengths(self.in_shape[-1], formation)  # refuses a factor outside [1, frames]
         self.save_hyperparameters()
         self.syn_lr = nn.Parameter(torch.tensor(syn_lr_init if syn_lr_init is not None else 0.01))
         self.augment = SpecAugment(enabled=augment)
@@ -247,6 +254,25 @@ class MTT(Distiller):
         sizes = [math.prod(shape) for shape in self.shapes.values()]
         return {name: p.view(shape) for (name, shape), p in zip(self.shapes.items(), params.split(sizes))}
 
+    # ------------------------------------------------------------------------------------- the set
+    @torch.no_grad()
+    def initialize_from(self, features: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:
+        """Start from ``ipc × formation`` real samples per class, ``formation`` packed into each stored sample."""
+        factor = self.hparams.formation
+        real = self.real_start(features, labels, self.ipc * factor, generator)
+        self.synthetic.copy_(encode(real, factor).to(self.synthetic.device))
+
+    def training_set(self, detach: bool = False) -> tuple[Tensor, Tensor]:
+        """The samples and targets the student trains on: the stored set decoded (``formation``).
+
+        Args:
+            detach: Cut the graph to the set and its labels (a pass that needs no meta-gradient).
+        """
+        x, y = self.synthetic, self.targets()
+        if detach:
+            x, y = x.detach(), y.detach()
+        return decode(x, self.hparams.formation), y.repeat_interleave(self.hparams.formation, dim=0)
+
     # -------------------------------------------------------------------------------------- unroll
     def minibatches(self, generator: torch.Generator) -> list[Tensor]:
         """Index minibatches of the ``syn_steps`` student steps, as in the original MTT.
@@ -255,7 +281,7 @@ class MTT(Distiller):
         a pass may be smaller); a chunk never spans two passes, so no step sees a sample twice and a
         ``batch_syn`` of at least the set size uses the whole set once per step.
         """
-        n = len(self.synthetic)
+        n = len(self.synthetic) * self.hparams.formation
         batch = min(self.hparams.batch_syn or n, n)
         chunks: list[Tensor] = []
         while len(chunks) < self.hparams.syn_steps:
@@ -292,7 +318,7 @@ class MTT(Distiller):
         Returns:
             The final flat parameters, differentiable w.r.t. the set, ``syn_lr`` and the labels.
         """
-        x, y = self.synthetic, self.targets()
+        x, y = self.training_set()
         params = start.detach().requires_grad_(True)
         for step in plan:
             params = self.student_step(params, step, x, y, self.syn_lr, create_graph=True)
@@ -304,7 +330,7 @@ class MTT(Distiller):
         The memory-bounded equivalent of ``trajectory_loss(self.unroll(start, plan), start, target)``
         followed by a backward pass (see the class docstring).
         """
-        x, y, lr = self.synthetic.detach(), self.targets().detach(), self.syn_lr.detach()
+        (x, y), lr = self.training_set(detach=True), self.syn_lr.detach()
         segment = self.hparams.segment
         checkpoints, params = [], start.detach()
         for i, step in enumerate(plan):  # first pass: no graph, keep the start of every segment
@@ -317,9 +343,9 @@ class MTT(Distiller):
         trained = self.trained_tensors()
         for k in reversed(range(len(checkpoints))):  # backward: one segment's graph at a time
             begin = checkpoints[k].requires_grad_(True)
-            params, y = begin, self.targets()
+            params, (x, y) = begin, self.training_set()
             for step in plan[k * segment : (k + 1) * segment]:
-                params = self.student_step(params, step, self.synthetic, y, self.syn_lr, create_graph=True)
+                params = self.student_step(params, step, x, y, self.syn_lr, create_graph=True)
             inputs = trained + [begin] if k else trained
             grads = torch.autograd.grad(params, inputs, grad_outputs=adjoint)
             for tensor, grad in zip(trained, grads):
@@ -359,11 +385,14 @@ class MTT(Distiller):
         Returns:
             Logits ``[num_classes * ipc, num_classes]``.
         """
+        decoded, _ = self.training_set(detach=True)
         logits = torch.stack([
             torch.cat([functional_call(self.student, self.unflatten(self.flat(expert, -1)), (chunk,))
-                       for chunk in self.synthetic.split(256)])
+                       for chunk in decoded.split(256)])
             for expert in self.experts
-        ])  # [experts, N, K], each expert at its own last snapshot
+        ])  # [experts, N × formation, K], each expert at its own last snapshot
+        # a stored sample's decoded samples vote as further experts: [experts × formation, N, K]
+        logits = logits.unflatten(1, (len(self.synthetic), -1)).transpose(1, 2).flatten(0, 1)
         correct = (logits.argmax(-1) == self.labels).unsqueeze(-1)
         count = correct.sum(0)
         mean = (logits * correct).sum(0) / count.clamp(min=1)
@@ -417,12 +446,12 @@ class MTT(Distiller):
         return optimizers
 
     # -------------------------------------------------------------------------------------- export
-    def to_synset(self) -> Synset:
-        """The distilled set; with ``ema_decay`` its moving average."""
-        synset = super().to_synset()
-        if self.synthetic_ema is None:
-            return synset
-        return dataclasses.replace(synset, features=self.synthetic_ema.clone())
+    def exported_set(self) -> tuple[Tensor, Tensor]:
+        """The decoded set (``formation``); with ``ema_decay`` the decoded moving average."""
+        features, targets = self.training_set(detach=True)
+        if self.synthetic_ema is not None:
+            features = decode(self.synthetic_ema.clone(), self.hparams.formation)
+        return features, targets
 
     def export_extras(self) -> dict[str, Any]:
         hp = self.hparams
@@ -436,4 +465,6 @@ class MTT(Distiller):
             "start_epochs": [hp.min_start_epoch, self.max_start],  # drawn from [min, max): what the experts allowed
             "ema": hp.ema_decay is not None,
             "label_init": hp.label_init if hp.learn_labels else None,
+            "formation": hp.formation,
+            "stored_ipc": self.ipc,  # the storage budget: ipc × formation samples per class are exported
         }

@@ -20,6 +20,7 @@ from ddlight.callbacks import TrajectoryRecorder
 from ddlight.cli import main
 from ddlight.data.synthetic import SyntheticSounds
 from ddlight.distillers.base import load_synset
+from ddlight.distillers.formation import decode, encode
 from ddlight.distillers.mtt import MTT, trajectory_loss
 from ddlight.evaluation import herding
 from ddlight.recipe import embed, final_expert_networks
@@ -105,15 +106,15 @@ def _meta_gradients(mtt: MTT, start: torch.Tensor, target: torch.Tensor, plan: l
     return [tensor.grad.clone() for tensor in mtt.trained_tensors()]
 
 
-@pytest.mark.parametrize(("syn_steps", "segment"), [(5, 2), (4, 4), (3, 1), (2, 8)])
-def test_checkpointed_unroll_gives_the_full_unrolls_gradient(syn_steps: int, segment: int) -> None:
+@pytest.mark.parametrize(("syn_steps", "segment", "formation"), [(5, 2, 1), (4, 4, 1), (3, 1, 1), (2, 8, 1), (3, 2, 2)])
+def test_checkpointed_unroll_gives_the_full_unrolls_gradient(syn_steps: int, segment: int, formation: int) -> None:
     """Same set, labels, plan and augmentation draws: the two unrolls give one meta-gradient."""
     manifest = {"network": "convnet", "network_options": {"width": 4, "depth": 2}, "in_shape": [2, 8, 12], "num_classes": 3}
     grads = {}
     for unroll in ("full", "checkpointed"):
         torch.manual_seed(0)
         mtt = MTT((2, 8, 12), 3, ipc=3, syn_steps=syn_steps, batch_syn=4, learn_labels=True, syn_lr_init=0.05,
-                  unroll=unroll, segment=segment)
+                  unroll=unroll, segment=segment, formation=formation)
         mtt.build_student(manifest)
         start = torch.randn(sum(p.numel() for p in mtt.student.parameters())) * 0.3
         target = start + 0.05 * torch.randn_like(start)
@@ -241,6 +242,32 @@ def test_herding_init_picks_the_evaluations_herding_subset(experts: Path) -> Non
     random = _mtt(experts, ipc=2)
     random.initialize_from(x, y, torch.Generator().manual_seed(0))
     assert not torch.equal(random.synthetic.detach(), expected)  # 2 of 6 per class: another start than random
+
+
+def test_formation_trains_and_exports_the_decoded_set(experts: Path, tmp_path: Path) -> None:
+    """formation 2: each stored sample starts as two herding picks packed in time, the student trains on the
+    decoded set and the export holds ipc × 2 samples per class with their repeated labels."""
+    data = SyntheticSounds(**(DATA | {"train_per_class": 6}))
+    data.setup("fit")
+    x, y = data.split_features("train")
+    mtt = _mtt(experts, ipc=1, init="herding", formation=2, batch_syn=None, learn_labels=True, label_init="experts")
+    mtt.initialize_from(x, y)
+    picks = x[herding(embed(final_expert_networks(experts)[1][0], x), y, 2)]
+    torch.testing.assert_close(mtt.synthetic.detach(), encode(picks, 2))
+    plan = mtt.plan(torch.Generator().manual_seed(0))
+    assert [sorted(idx.tolist()) for idx, _ in plan] == [list(range(2 * mtt.num_classes))] * 2  # decoded samples
+
+    L.seed_everything(0)
+    trainer = _trainer(2, default_root_dir=tmp_path)
+    trainer.fit(mtt, datamodule=_data())
+    assert mtt.label_logits.shape == (mtt.num_classes, mtt.num_classes)  # one label per stored sample
+    synset = load_synset(Path(trainer.log_dir) / "distilled")
+    torch.testing.assert_close(synset.features, decode(mtt.synthetic_ema, 2))
+    torch.testing.assert_close(synset.targets, mtt.label_logits.softmax(-1).detach().repeat_interleave(2, 0))
+    manifest = synset.manifest
+    assert (manifest["ipc"], manifest["stored_ipc"], manifest["formation"]) == (2, 1, 2)
+    with pytest.raises(ValueError, match="formation factor must be between 1 and the"):
+        _mtt(experts, formation=10**6)
 
 
 def test_unknown_init_is_refused(experts: Path) -> None:
