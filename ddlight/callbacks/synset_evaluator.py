@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ddlight.evaluation import (
     BASELINES,
+    budget_ipc,
     build_report,
     evaluate_synset,
     full_recipe,
@@ -126,7 +127,7 @@ class SynsetEvaluator(Callback):
         train_x, train_y, test_x, test_y = self._real
         results = evaluate_synset(
             synset.features.to(device), synset.targets.to(device), train_x, train_y, test_x, test_y,
-            synset.manifest["ipc"], resolve_recipe(self.recipe, synset.manifest),
+            budget_ipc(synset.manifest), resolve_recipe(self.recipe, synset.manifest),
             architectures=self.architectures, baselines=baselines, repeats=self.repeats, network_options=self.network_options,
             expert_dir=self.expert_dir, full=full, full_epochs=self.full_epochs, full_repeats=self.full_repeats,
             show_progress=trainer.progress_bar_callback is not None,
@@ -188,7 +189,7 @@ class SynsetEvaluator(Callback):
         manifest = synset.manifest
         report = build_report(
             manifest.get("dataset", "unknown"), manifest.get("method", type(pl_module).__name__.lower()),
-            manifest["ipc"], manifest.get("features"), results, self.settings(manifest),
+            budget_ipc(manifest), manifest.get("features"), results, self.settings(manifest), manifest["ipc"],
         )
         self.paths = write_report(directory, report)
         for logger in trainer.loggers:

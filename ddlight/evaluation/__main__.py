@@ -27,7 +27,7 @@ from ddlight.allocator import keep_freed_memory
 from ddlight.data.base import AudioDataModule
 from ddlight.data.synset import SynsetDataModule
 from ddlight.evaluation.report import build_report, markdown_table, write_report
-from ddlight.evaluation.suite import BASELINES, evaluate_synset, protocol_recipe, resolve_recipe
+from ddlight.evaluation.suite import BASELINES, budget_ipc, evaluate_synset, protocol_recipe, resolve_recipe
 from ddlight.recipe import TrainRecipe
 
 
@@ -79,14 +79,14 @@ def run(
     test_x, test_y = data.split_features(eval_split, device=device)
     results = evaluate_synset(
         distilled.features.to(device), distilled.targets.to(device), train_x, train_y, test_x, test_y,
-        manifest["ipc"], resolve_recipe(recipe, manifest), architectures=architectures or ["convnet"],
+        budget_ipc(manifest), resolve_recipe(recipe, manifest), architectures=architectures or ["convnet"],
         baselines=list(BASELINES) if baselines is None else baselines, repeats=repeats,
         network_options=network_options, expert_dir=expert_dir, full=full, full_epochs=full_epochs,
         full_repeats=full_repeats,
     )
     report = build_report(
-        manifest.get("dataset", data.name), manifest.get("method", "unknown"), manifest["ipc"],
-        manifest.get("features"), results, settings,
+        manifest.get("dataset", data.name), manifest.get("method", "unknown"), budget_ipc(manifest),
+        manifest.get("features"), results, settings, manifest["ipc"],
     )
     paths = write_report(Path(out) if out else Path(synset).resolve().parent, report)
     print(markdown_table(report), end="")

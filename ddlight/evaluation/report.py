@@ -49,9 +49,16 @@ def build_report(
     features: dict[str, Any] | None,
     results: list[dict[str, Any]],
     recipe: dict[str, Any] | None = None,
+    samples_per_class: int | None = None,
 ) -> dict[str, Any]:
-    """The ``evaluation.json`` document (see the module docstring for the layout)."""
+    """The ``evaluation.json`` document (see the module docstring for the layout).
+
+    ``ipc`` is the set's storage budget per class (the baselines' size); ``samples_per_class``, recorded when
+    it differs, the samples per class the set decodes to (MTT's ``formation``).
+    """
     report = {"dataset": dataset, "method": method, "ipc": ipc, "features": features, "results": results}
+    if samples_per_class is not None and samples_per_class != ipc:
+        report["samples_per_class"] = samples_per_class
     return report | ({"recipe": recipe} if recipe is not None else {})
 
 
@@ -63,8 +70,11 @@ def markdown_table(report: dict[str, Any]) -> str:
     lr = recipe.get("lr")
     full_epochs = recipe.get("full_epochs", recipe.get("epochs"))
     full_note = f" trained {full_epochs} epochs" if full_epochs != recipe.get("epochs") else ""
+    decoded = report.get("samples_per_class")
+    size = (f"{report['ipc']} samples per class" if decoded is None else
+            f"the storage of {report['ipc']} samples per class (the set decodes to {decoded}; the baselines hold {report['ipc']})")
     lines = [
-        f"Real-{recipe.get('split', 'test')} accuracy (%) after training on {report['ipc']} samples per class "
+        f"Real-{recipe.get('split', 'test')} accuracy (%) after training on {size} "
         f"({report['dataset']}, {report['method']}), mean ± std over repeats"
         + (f", lr {lr:.4g}" if lr is not None else "") + (f"; full = whole training split{full_note}, "
         "g = (synthetic − random) / (full − random)." if with_g else "."),

@@ -101,6 +101,16 @@ def gap_closure(synthetic: float, random: float, full: float) -> float | None:
     return round((synthetic - random) / (full - random), 4)
 
 
+def budget_ipc(manifest: Mapping[str, Any]) -> int:
+    """Samples per class of a set's storage budget, the size its baselines get.
+
+    A set decoded from fewer stored samples (MTT's ``formation``: ``stored_ipc`` stored, ``ipc`` decoded
+    per class) is compared with real subsets of the size it occupies, as IDC and the parameterisation
+    papers compare; any other set's budget is its ``ipc``.
+    """
+    return int(manifest.get("stored_ipc") or manifest["ipc"])
+
+
 def embedding_network(
     train_x: Tensor, train_y: Tensor, num_classes: int, expert_dir: str | Path | None = None, seed: int = 0
 ) -> AudioNetwork:

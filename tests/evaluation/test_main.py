@@ -11,6 +11,7 @@ import torch
 from ddlight.cli import main
 from ddlight.data.synthetic import SyntheticSounds
 from ddlight.distillers.base import Synset, save_synset
+from ddlight.evaluation import baseline_indices, suite
 from ddlight.evaluation.__main__ import main as main_evaluation
 from ddlight.features import FeatureConfig
 
@@ -46,6 +47,30 @@ def test_command_writes_report_next_to_the_distilled_folder(synset_dir: Path, ca
     assert list(written["results"][0]) == ["architecture", "synthetic", "random"]
     assert len(written["results"][0]["synthetic"]["runs"]) == 2
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("evaluation written to")
+
+
+def test_a_decoded_set_is_compared_with_baselines_of_its_storage(
+    synset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A set of 2 samples per class decoded from 1 stored one (MTT's formation) gets 1-per-class baselines."""
+    manifest_path = synset_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) | {"formation": 2, "stored_ipc": 1}
+    manifest_path.write_text(json.dumps(manifest))
+    sizes = []
+
+    def spy(name: str, train_y: torch.Tensor, ipc: int, *args, **kwargs) -> torch.Tensor:
+        sizes.append(ipc)
+        return baseline_indices(name, train_y, ipc, *args, **kwargs)
+
+    monkeypatch.setattr(suite, "baseline_indices", spy)
+    data = ["--data", "ddlight.data.synthetic.SyntheticSounds", "--data.features.hop_length=512", "--data.features.n_fft=1024"]
+    data += [f"--data.{k}={v}" for k, v in TINY.items()]
+    report = main_evaluation(["--synset", str(synset_dir), *data, "--baselines", "random", "--repeats", "1",
+                              "--recipe.epochs", "1", "--device", "cpu", "--out", str(tmp_path),
+                              "--network_options", "{convnet: {width: 8, depth: 1}}"])
+    assert sizes == [1]
+    assert (report["ipc"], report["samples_per_class"]) == (1, 2)
+    assert "the storage of 1 samples per class (the set decodes to 2" in (tmp_path / "evaluation.md").read_text()
 
 
 def test_synset_eval_config_trains_on_the_distilled_set(
