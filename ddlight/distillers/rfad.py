@@ -70,17 +70,53 @@ def sample_random_convnets(
     return networks
 
 
-def random_features(x: Tensor, networks: Sequence[nn.Module]) -> Tensor:
+class StackedConvNets(nn.Module):
+    """The ``M`` networks of :func:`sample_random_convnets` as one network of grouped convolutions.
+
+    Conv layer ``l`` of network ``k`` becomes group ``k`` of one convolution with ``groups=M``; the input is
+    repeated ``M`` times along the channels, so one pass maps a batch through every network (one kernel
+    launch per layer instead of ``M``, what a GPU wants). Output channel block ``k`` is network ``k``'s
+    output, so the flattened output equals the concatenation of the networks' flattened outputs.
+
+    Args:
+        networks: ``M >= 1`` networks of the same architecture (conv layers and parameter-free layers).
+    """
+
+    def __init__(self, networks: Sequence[nn.Sequential]) -> None:
+        super().__init__()
+        self.num_models = len(networks)
+        layers: list[nn.Module] = []
+        for modules in zip(*networks):
+            first = modules[0]
+            if isinstance(first, nn.Conv2d):
+                conv = nn.Conv2d(first.in_channels * self.num_models, first.out_channels * self.num_models,
+                                 first.kernel_size, padding=first.padding, groups=self.num_models)
+                conv.weight.data.copy_(torch.cat([m.weight.detach() for m in modules]))
+                conv.bias.data.copy_(torch.cat([m.bias.detach() for m in modules]))
+                layers.append(conv.requires_grad_(False))
+            else:  # ReLU, identity norm, pooling: no parameters, shared
+                layers.append(first)
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Flattened outputs of all networks ``[B, M*D]``, network by network."""
+        return self.body(x.repeat(1, self.num_models, 1, 1)).flatten(1)
+
+
+def random_features(x: Tensor, networks: Sequence[nn.Module] | StackedConvNets) -> Tensor:
     """Concatenated flattened outputs of ``networks``, scaled by ``1/sqrt(M*D)``.
 
     Args:
         x: Inputs ``[B, C, F, T]``.
-        networks: ``M`` feature extractors with ``D`` outputs each.
+        networks: ``M`` feature extractors with ``D`` outputs each, or all of them stacked.
 
     Returns:
         Features ``[B, M*D]``; ``phi(a) . phi(b)`` is the Monte-Carlo estimate of the NNGP kernel.
     """
-    feats = torch.cat([net(x).flatten(1) for net in networks], dim=1)
+    if isinstance(networks, StackedConvNets):
+        feats = networks(x)
+    else:
+        feats = torch.cat([net(x).flatten(1) for net in networks], dim=1)
     return feats / math.sqrt(feats.shape[1])
 
 
@@ -183,6 +219,10 @@ class RFAD(Distiller):
         patience: Stop the run after this many validation checks (on the validation split) without a
             new best ``val/acc``; ``None`` never stops early. The original stops after 1000 steps
             without improvement at one check every 40 steps, i.e. 25 checks.
+        stack_networks: Run a step's ``num_models`` networks as one network of grouped convolutions
+            (:class:`StackedConvNets`; the same features up to float rounding) instead of one after
+            another. Off by default: on a CPU grouped convolutions are slower (BENCHMARKS.md, "RFAD: random
+            networks stacked vs one by one").
     """
 
 
@@ -210,6 +250,7 @@ class RFAD(Distiller):
         max_bad_steps: int = 10,
         restore_best: bool = True,
         patience: int | None = 25,
+        stack_networks: bool = False,
     ) -> None:
         super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale, seed, max_bad_steps)
         if min(num_models, num_eval_models, width, depth, real_batch) < 1:
@@ -247,17 +288,20 @@ class RFAD(Distiller):
             return (logits - logits.mean(-1, keepdim=True)) / self.hparams.label_scale
         return F.one_hot(self.labels, self.num_classes).float() - 1.0 / self.num_classes
 
-    def random_networks(self, seed: int) -> list[nn.Module]:
-        """The ``num_models`` random networks drawn from ``seed``, on this module's device."""
+    def random_networks(self, seed: int) -> list[nn.Module] | StackedConvNets:
+        """The ``num_models`` random networks drawn from ``seed``, on this module's device (stacked with
+        ``stack_networks``)."""
         hp = self.hparams
         nets = sample_random_convnets(self.in_shape, hp.num_models, hp.width, hp.depth, seed)
+        if hp.stack_networks:
+            return StackedConvNets(nets).to(self.device)
         return [net.to(self.device) for net in nets]
 
     def kernel(self, phi_a: Tensor, phi_b: Tensor) -> Tensor:
         """:func:`readout_kernel` with this module's ``kernel_constant``."""
         return readout_kernel(phi_a, phi_b, self.hparams.kernel_constant)
 
-    def predict(self, features: Tensor, networks: Sequence[nn.Module]) -> Tensor:
+    def predict(self, features: Tensor, networks: Sequence[nn.Module] | StackedConvNets) -> Tensor:
         """Kernel ridge regression predictions ``[B, K]`` (float64) of the synthetic set for ``features``."""
         phi_s = random_features(self.synthetic, networks).double()
         with torch.no_grad():
@@ -272,7 +316,9 @@ class RFAD(Distiller):
         targets = F.one_hot(labels, self.num_classes).double() - 1.0 / self.num_classes
         return 0.5 * (targets - preds).pow(2).mean()
 
-    def regression_loss(self, features: Tensor, labels: Tensor, networks: Sequence[nn.Module]) -> tuple[Tensor, Tensor]:
+    def regression_loss(
+        self, features: Tensor, labels: Tensor, networks: Sequence[nn.Module] | StackedConvNets
+    ) -> tuple[Tensor, Tensor]:
         """Loss (differentiable w.r.t. the trained tensors) and accuracy of the regression on one real batch.
 
         Args:

@@ -24,6 +24,7 @@ from ddlight.distillers.base import average_across_ranks, load_synset, save_syns
 from ddlight.distillers.rfad import (
     RFAD,
     Snapshot,
+    StackedConvNets,
     kernel_ridge_solve,
     random_features,
     readout_kernel,
@@ -202,6 +203,24 @@ def test_random_networks_differ_per_step_and_repeat_per_seed() -> None:
     phi = random_features(x, model.random_networks(0))
     raw = torch.cat([n(x).flatten(1) for n in model.random_networks(0)], 1)
     torch.testing.assert_close(phi, raw / math.sqrt(raw.shape[1]))
+
+
+def test_stacked_networks_give_the_same_loss_and_gradients() -> None:
+    """stack_networks: one grouped-convolution pass equals the networks one by one (features, loss, gradients)."""
+    x, y = real_batch()
+    networks = sample_random_convnets(SHAPE, 3, width=4, depth=2, seed=5)
+    stacked = StackedConvNets(networks)
+    assert sum(isinstance(m, nn.Conv2d) and m.groups == 3 for m in stacked.modules()) == 2
+    torch.testing.assert_close(random_features(x, stacked), random_features(x, networks), rtol=1e-5, atol=1e-6)
+    results = {}
+    for stack in (False, True):
+        model = tiny(stack_networks=stack)
+        assert isinstance(model.random_networks(0), StackedConvNets) == stack
+        results[stack] = gradients(model, x, y, seed=4)
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-7)
+    for stacked_grad, loop_grad in zip(results[True][1], results[False][1]):
+        assert loop_grad.abs().sum() > 0
+        torch.testing.assert_close(stacked_grad, loop_grad, rtol=1e-4, atol=1e-6)
 
 
 def gradients(model: RFAD, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
