@@ -50,7 +50,7 @@ def decode(stored: Tensor, factor: int) -> Tensor:
         ``i * factor`` to ``i * factor + factor - 1`` (so labels repeat with ``repeat_interleave(factor)``).
     """
     frames = stored.shape[-1]
-    segment_lengths(frames, factor)
+    segment_lengths(frames, factor)  # refuses a factor outside [1, frames]
     if factor == 1:
         return stored
     parts = [_resample(part, frames) for part in stored.tensor_split(factor, dim=-1)]

@@ -448,10 +448,10 @@ class MTT(Distiller):
     # -------------------------------------------------------------------------------------- export
     def exported_set(self) -> tuple[Tensor, Tensor]:
         """The decoded set (``formation``); with ``ema_decay`` the decoded moving average."""
-        features, targets = self.training_set(detach=True)
-        if self.synthetic_ema is not None:
-            features = decode(self.synthetic_ema.clone(), self.hparams.formation)
-        return features, targets
+        if self.synthetic_ema is None:
+            return self.training_set(detach=True)
+        targets = self.targets().detach().repeat_interleave(self.hparams.formation, dim=0)
+        return decode(self.synthetic_ema.clone(), self.hparams.formation), targets
 
     def export_extras(self) -> dict[str, Any]:
         hp = self.hparams
