@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddlight.allocator import physical_memory
+from ddlight.distillers.formation import decode, encode, segment_lengths
 from ddlight.evaluation.coresets import herding, random_subset
 from ddlight.evaluation.suite import embedding_network
 from ddlight.io import Synset, load_synset, save_synset
@@ -120,15 +121,21 @@ class Distiller(L.LightningModule, ABC):
     Args:
         in_shape: Feature shape ``(C, F, T)`` (linked from ``data.feature_shape``).
         num_classes: Number of classes (linked from ``data.num_classes``).
-        ipc: Synthetic samples per class.
+        ipc: Stored synthetic samples per class (each holds ``formation`` training samples).
         init: ``real`` (random real training samples of each class), ``herding`` (each class's herding
             selection in the embedding of :meth:`init_embedding_network`: the real subset whose mean
             matches the class mean, a stronger start than a random one) or ``noise`` (standard normal).
+            With ``formation`` > 1 the set starts from ``ipc × formation`` real samples per class, packed
+            ``formation`` to a stored sample (:func:`~ddlight.distillers.formation.encode`).
         learn_labels: Learn soft labels (logits initialised to ``label_scale`` × one-hot).
         label_scale: Initial logit of the true class for learnable labels.
         seed: Seed of the per-step draws (:meth:`step_seed`); None uses the run's seed (``seed_everything``).
         max_bad_steps: Consecutive non-finite updates tolerated (each skipped) before training stops.
         max_grad_norm: Clip the set's gradient to this norm before each update (None: no clipping).
+        formation: IDC's multi-formation in time (:mod:`ddlight.distillers.formation`): each stored sample
+            holds this many segments, each stretched to a full-length training sample, so the method trains
+            on, and the export holds, ``ipc × formation`` samples per class at the storage of ``ipc``
+            (:meth:`training_set`). 1 (default): off.
     """
 
     @property
@@ -147,6 +154,7 @@ class Distiller(L.LightningModule, ABC):
         seed: int | None = None,
         max_bad_steps: int = 10,
         max_grad_norm: float | None = None,
+        formation: int = 1,
     ) -> None:
         super().__init__()
         if ipc < 1:
@@ -156,6 +164,7 @@ class Distiller(L.LightningModule, ABC):
         if max_bad_steps < 1:
             raise ValueError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
         _check_set_size(tuple(in_shape), num_classes, ipc)
+        segment_lengths(in_shape[-1], formation)  # refuses a factor outside [1, frames]
         self.automatic_optimization = False
         self.in_shape = tuple(in_shape)
         self.num_classes = num_classes
@@ -164,6 +173,7 @@ class Distiller(L.LightningModule, ABC):
         self.seed = seed
         self.max_bad_steps = max_bad_steps
         self.max_grad_norm = max_grad_norm
+        self.formation = formation
         #: Consecutive skipped updates (part of every step's seed: a skipped step retries with new draws).
         self.bad_steps = 0
         self.synthetic = nn.Parameter(torch.randn(num_classes * ipc, *self.in_shape))
@@ -180,14 +190,35 @@ class Distiller(L.LightningModule, ABC):
             return self.label_logits.softmax(-1)
         return self.labels
 
+    def decoded(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Stored samples and their targets as the training samples they hold (``formation``; differentiable).
+
+        The ``formation`` samples decoded from stored sample ``i`` are rows ``i * formation`` onwards, each
+        with sample ``i``'s target, so the decoded set stays ordered by class.
+        """
+        return decode(features, self.formation), targets.repeat_interleave(self.formation, dim=0)
+
+    def training_set(self, detach: bool = False) -> tuple[Tensor, Tensor]:
+        """The samples and targets a method trains on: the stored set decoded (:meth:`decoded`).
+
+        Args:
+            detach: Cut the graph to the set and its labels (a pass that needs no gradient of the set).
+        """
+        x, y = self.synthetic, self.targets()
+        if detach:
+            x, y = x.detach(), y.detach()
+        return self.decoded(x, y)
+
     def trained_tensors(self) -> list[Tensor]:
         """The tensors being distilled: every parameter that requires grad (the set, learned labels, ...)."""
         return [p for p in self.parameters() if p.requires_grad]
 
     @torch.no_grad()
     def initialize_from(self, features: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:
-        """Set the synthetic set to ``ipc`` real samples of each class (:meth:`real_start`)."""
-        self.synthetic.copy_(self.real_start(features, labels, self.ipc, generator).to(self.synthetic.device))
+        """Start from ``ipc × formation`` real samples of each class (:meth:`real_start`), ``formation`` packed
+        into each stored sample."""
+        real = self.real_start(features, labels, self.ipc * self.formation, generator)
+        self.synthetic.copy_(encode(real, self.formation).to(self.synthetic.device))
 
     def real_start(
         self, features: Tensor, labels: Tensor, per_class: int, generator: torch.Generator | None = None
@@ -377,8 +408,8 @@ class Distiller(L.LightningModule, ABC):
         return {}
 
     def exported_set(self) -> tuple[Tensor, Tensor]:
-        """Features and targets to export: the current set (subclasses may keep a better snapshot)."""
-        return self.synthetic.detach(), self.targets().detach()
+        """Features and targets to export: the current set, decoded (subclasses may keep a better snapshot)."""
+        return self.training_set(detach=True)
 
     def to_synset(self) -> Synset:
         """The set to export (:meth:`exported_set`) with its labels, normalisation and manifest."""
@@ -388,6 +419,8 @@ class Distiller(L.LightningModule, ABC):
             "format": "ddlight-synset-1",
             "method": type(self).__name__.lower(),
             "ipc": len(features) // self.num_classes,  # samples per class, as exported
+            "formation": self.formation,
+            "stored_ipc": self.ipc,  # the storage budget: ipc × formation samples per class are exported
             "num_classes": self.num_classes,
             "soft_labels": targets.dim() == 2,
             "step": int(self.global_step),

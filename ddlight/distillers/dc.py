@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Init, Synset
+from ddlight.distillers.formation import decode
 from ddlight.networks import AudioNetwork, build_network, with_fast_instance_norm
 
 #: ``(outer_loop, inner_loop)`` of the original DC/DSA code (``get_loops``) by images per class.
@@ -107,6 +108,8 @@ class Condensation(Distiller):
             :class:`~ddlight.augment.SpecAugment` draw (:func:`siamese_augment`).
         seed: Seed of the per-step draws; None uses the run's seed (``seed_everything``).
         max_bad_steps: Consecutive non-finite steps tolerated before stopping.
+        formation: IDC's multi-formation in time (:class:`Distiller`): the decoded samples are matched,
+            ``ipc × formation`` per class at the storage of ``ipc``. 1 (default): off.
     """
 
 
@@ -124,8 +127,9 @@ class Condensation(Distiller):
         siamese_augment: bool,
         seed: int | None,
         max_bad_steps: int,
+        formation: int = 1,
     ) -> None:
-        super().__init__(in_shape, num_classes, ipc, init, seed=seed, max_bad_steps=max_bad_steps)
+        super().__init__(in_shape, num_classes, ipc, init, seed=seed, max_bad_steps=max_bad_steps, formation=formation)
         if lr_img <= 0 or not 0 <= momentum < 1:
             raise ValueError(f"need lr_img > 0 and 0 <= momentum < 1, got {lr_img}, {momentum}")
         if batch_real < 1:
@@ -162,8 +166,8 @@ class Condensation(Distiller):
         return features[idx[order.to(idx.device)]]
 
     def class_samples(self, c: int) -> Tensor:
-        """The synthetic samples of class ``c`` (a differentiable view of the set)."""
-        return self.synthetic[c * self.ipc : (c + 1) * self.ipc]
+        """The synthetic samples of class ``c``, decoded (``formation``; differentiable)."""
+        return decode(self.synthetic[c * self.ipc : (c + 1) * self.ipc], self.formation)
 
     # ----------------------------------------------------------------------------- random draws
     def step_generator(self) -> torch.Generator:
@@ -225,6 +229,7 @@ class DC(Condensation):
         inner_loop: Network training epochs between updates; None takes the original's value for ``ipc``.
         lr_net: SGD learning rate of the network in the inner loop.
         batch_train: Minibatch size of the inner loop.
+        formation: IDC's multi-formation in time (:class:`Condensation`). 1 (default): off.
     """
 
     def __init__(
@@ -245,9 +250,10 @@ class DC(Condensation):
         inner_loop: int | None = None,
         lr_net: float = 0.01,
         batch_train: int = 256,
+        formation: int = 1,
     ) -> None:
         super().__init__(in_shape, num_classes, ipc, init, network, network_options, lr_img, momentum, batch_real,
-                         siamese_augment, seed, max_bad_steps)
+                         siamese_augment, seed, max_bad_steps, formation)
         original = ORIGINAL_LOOPS.get(ipc)
         if original is None and (outer_loop is None or inner_loop is None):
             raise ValueError(
@@ -280,7 +286,7 @@ class DC(Condensation):
         self, network: AudioNetwork, optimizer: torch.optim.Optimizer, generator: torch.Generator
     ) -> None:
         """``inner_loop`` epochs of SGD on the detached synthetic set (augmented per sample for DSA)."""
-        x, y = self.synthetic.detach(), self.labels
+        x, y = self.training_set(detach=True)
         device_generator = torch.Generator(device=x.device).manual_seed(draw_seed(generator))
         for _ in range(self.inner_loop):
             for idx in torch.randperm(len(x), generator=generator).split(self.hparams.batch_train):

@@ -43,6 +43,7 @@ class DM(Condensation):
             original always augments).
         seed: Seed of the per-step draws; None uses the run's seed (``seed_everything``).
         max_bad_steps: Consecutive non-finite steps tolerated before stopping.
+        formation: IDC's multi-formation in time (:class:`~ddlight.distillers.dc.Condensation`). 1 (default): off.
     """
 
     def __init__(
@@ -59,9 +60,10 @@ class DM(Condensation):
         siamese_augment: bool = True,
         seed: int | None = None,
         max_bad_steps: int = 10,
+        formation: int = 1,
     ) -> None:
         super().__init__(in_shape, num_classes, ipc, init, network, network_options, lr_img, momentum, batch_real,
-                         siamese_augment, seed, max_bad_steps)
+                         siamese_augment, seed, max_bad_steps, formation)
         self.save_hyperparameters()
 
     def matching_loss(self, network: AudioNetwork, generator: torch.Generator) -> Tensor:

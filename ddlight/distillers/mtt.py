@@ -17,7 +17,6 @@ from torch.func import functional_call
 
 from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Init, soft_cross_entropy
-from ddlight.distillers.formation import decode, encode, segment_lengths
 from ddlight.evaluation.suite import embedding_network
 from ddlight.io import load_trajectories
 from ddlight.networks import with_fast_instance_norm
@@ -146,7 +145,8 @@ class MTT(Distiller):
         segment: int = 4,
         seed: int | None = None,
     ) -> None:
-        super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale, seed, max_bad_steps, max_grad_norm)
+        super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale, seed, max_bad_steps, max_grad_norm,
+                         formation)
         if syn_steps < 1 or expert_epochs < 1 or max_start_epoch < 1 or segment < 1:
             raise ValueError("syn_steps, expert_epochs, max_start_epoch and segment must be >= 1")
         if not 0 <= min_start_epoch < max_start_epoch:
@@ -162,7 +162,6 @@ class MTT(Distiller):
             raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
         if not 0.0 < min_syn_lr < max_syn_lr:
             raise ValueError(f"need 0 < min_syn_lr < max_syn_lr, got {min_syn_lr}, {max_syn_lr}")
-        segment_lengths(self.in_shape[-1], formation)  # refuses a factor outside [1, frames]
         self.save_hyperparameters()
         self.syn_lr = nn.Parameter(torch.tensor(syn_lr_init if syn_lr_init is not None else 0.01))
         self.augment = SpecAugment(enabled=augment)
@@ -254,25 +253,6 @@ class MTT(Distiller):
         sizes = [math.prod(shape) for shape in self.shapes.values()]
         return {name: p.view(shape) for (name, shape), p in zip(self.shapes.items(), params.split(sizes))}
 
-    # ------------------------------------------------------------------------------------- the set
-    @torch.no_grad()
-    def initialize_from(self, features: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:
-        """Start from ``ipc × formation`` real samples per class, ``formation`` packed into each stored sample."""
-        factor = self.hparams.formation
-        real = self.real_start(features, labels, self.ipc * factor, generator)
-        self.synthetic.copy_(encode(real, factor).to(self.synthetic.device))
-
-    def training_set(self, detach: bool = False) -> tuple[Tensor, Tensor]:
-        """The samples and targets the student trains on: the stored set decoded (``formation``).
-
-        Args:
-            detach: Cut the graph to the set and its labels (a pass that needs no meta-gradient).
-        """
-        x, y = self.synthetic, self.targets()
-        if detach:
-            x, y = x.detach(), y.detach()
-        return decode(x, self.hparams.formation), y.repeat_interleave(self.hparams.formation, dim=0)
-
     # -------------------------------------------------------------------------------------- unroll
     def minibatches(self, generator: torch.Generator) -> list[Tensor]:
         """Index minibatches of the ``syn_steps`` student steps, as in the original MTT.
@@ -281,7 +261,7 @@ class MTT(Distiller):
         a pass may be smaller); a chunk never spans two passes, so no step sees a sample twice and a
         ``batch_syn`` of at least the set size uses the whole set once per step.
         """
-        n = len(self.synthetic) * self.hparams.formation
+        n = len(self.synthetic) * self.formation
         batch = min(self.hparams.batch_syn or n, n)
         chunks: list[Tensor] = []
         while len(chunks) < self.hparams.syn_steps:
@@ -450,8 +430,7 @@ class MTT(Distiller):
         """The decoded set (``formation``); with ``ema_decay`` the decoded moving average."""
         if self.synthetic_ema is None:
             return self.training_set(detach=True)
-        targets = self.targets().detach().repeat_interleave(self.hparams.formation, dim=0)
-        return decode(self.synthetic_ema.clone(), self.hparams.formation), targets
+        return self.decoded(self.synthetic_ema.clone(), self.targets().detach())
 
     def export_extras(self) -> dict[str, Any]:
         hp = self.hparams
@@ -465,6 +444,4 @@ class MTT(Distiller):
             "start_epochs": [hp.min_start_epoch, self.max_start],  # drawn from [min, max): what the experts allowed
             "ema": hp.ema_decay is not None,
             "label_init": hp.label_init if hp.learn_labels else None,
-            "formation": hp.formation,
-            "stored_ipc": self.ipc,  # the storage budget: ipc × formation samples per class are exported
         }

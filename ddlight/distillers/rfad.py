@@ -166,7 +166,7 @@ def kernel_ridge_solve(k_ss: Tensor, y_s: Tensor, ridge: float) -> Tensor:
 
 
 class Snapshot(NamedTuple):
-    """A validated state of the RFAD set (``accuracy`` is the kernel-regression validation accuracy)."""
+    """A validated state of the RFAD set, as stored (``accuracy`` is the kernel-regression validation accuracy)."""
 
     accuracy: float
     features: Tensor
@@ -219,6 +219,8 @@ class RFAD(Distiller):
         patience: Stop the run after this many validation checks (on the validation split) without a
             new best ``val/acc``; ``None`` never stops early. The original stops after 1000 steps
             without improvement at one check every 40 steps, i.e. 25 checks.
+        formation: IDC's multi-formation in time (:class:`Distiller`): the kernel regression's support is the
+            decoded set, ``ipc × formation`` samples per class at the storage of ``ipc``. 1 (default): off.
         stack_networks: Run a step's ``num_models`` networks as one network of grouped convolutions
             (:class:`StackedConvNets`; the same features up to float rounding) instead of one after
             another. Off by default: on a CPU grouped convolutions are slower (BENCHMARKS.md, "RFAD: random
@@ -251,8 +253,10 @@ class RFAD(Distiller):
         restore_best: bool = True,
         patience: int | None = 25,
         stack_networks: bool = False,
+        formation: int = 1,
     ) -> None:
-        super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale, seed, max_bad_steps)
+        super().__init__(in_shape, num_classes, ipc, init, learn_labels, label_scale, seed, max_bad_steps,
+                         formation=formation)
         if min(num_models, num_eval_models, width, depth, real_batch) < 1:
             raise ValueError("num_models, num_eval_models, width, depth and real_batch must be >= 1")
         if ridge < 0 or kernel_constant < 0 or temperature <= 0:
@@ -288,6 +292,10 @@ class RFAD(Distiller):
             return (logits - logits.mean(-1, keepdim=True)) / self.hparams.label_scale
         return F.one_hot(self.labels, self.num_classes).float() - 1.0 / self.num_classes
 
+    def support(self) -> tuple[Tensor, Tensor]:
+        """The regression's support (differentiable): the decoded set and its regression targets ``Y_s``."""
+        return self.decoded(self.synthetic, self.regression_targets())
+
     def random_networks(self, seed: int) -> list[nn.Module] | StackedConvNets:
         """The ``num_models`` random networks drawn from ``seed``, on this module's device (stacked with
         ``stack_networks``)."""
@@ -303,10 +311,11 @@ class RFAD(Distiller):
 
     def predict(self, features: Tensor, networks: Sequence[nn.Module] | StackedConvNets) -> Tensor:
         """Kernel ridge regression predictions ``[B, K]`` (float64) of the synthetic set for ``features``."""
-        phi_s = random_features(self.synthetic, networks).double()
+        support, y_s = self.support()
+        phi_s = random_features(support, networks).double()
         with torch.no_grad():
             phi_t = torch.cat([random_features(chunk, networks) for chunk in features.split(_REAL_CHUNK)]).double()
-        alpha = kernel_ridge_solve(self.kernel(phi_s, phi_s), self.regression_targets(), self.hparams.ridge)
+        alpha = kernel_ridge_solve(self.kernel(phi_s, phi_s), y_s, self.hparams.ridge)
         return self.kernel(phi_t, phi_s) @ alpha
 
     def loss_fn(self, preds: Tensor, labels: Tensor) -> Tensor:
@@ -379,7 +388,7 @@ class RFAD(Distiller):
         self._eval_support = (phi_s, alpha)
 
     def on_validation_epoch_start(self) -> None:
-        self._prepare_eval(self.synthetic, self.regression_targets())
+        self._prepare_eval(*self.support())
         self._val_counts = torch.zeros(2, device=self.device)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -429,9 +438,9 @@ class RFAD(Distiller):
             self.checks_since_best = state["checks_since_best"]
 
     def exported_set(self) -> tuple[Tensor, Tensor]:
-        """The best validated set with ``restore_best`` (once validated), else the current one."""
+        """The best validated set with ``restore_best`` (once validated), else the current one; decoded."""
         if self.hparams.restore_best and self.best is not None:
-            return self.best.features, self.best.targets
+            return self.decoded(self.best.features, self.best.targets)
         return super().exported_set()
 
     # -------------------------------------------------------------------------------------- export

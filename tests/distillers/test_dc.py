@@ -14,6 +14,7 @@ from ddlight.cli import main
 from ddlight.data.synthetic import SyntheticSounds
 from ddlight.distillers import DC
 from ddlight.distillers.dc import gradient_distance, layer_distance, siamese_augment
+from ddlight.distillers.formation import decode
 from ddlight.io import load_synset
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -211,3 +212,14 @@ def test_cli_fit_exports_the_set(config: str, method: str, tmp_path: Path, monke
     assert (synset.manifest["augment"] is not None) == (method == "dsa")
     report = json.loads((manifest.parent.parent / "evaluation.json").read_text())
     assert "random" in json.dumps(report)
+
+
+def test_inner_loop_trains_on_the_decoded_set_with_formation() -> None:
+    """formation 2: the inner loop's network sees the decoded samples, each with its stored sample's label."""
+    model = tiny(inner_loop=1, formation=2, batch_train=100)
+    network = model.random_network(torch.Generator().manual_seed(0))
+    seen: list[torch.Tensor] = []
+    network.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    model.train_network(network, torch.optim.SGD(network.parameters(), lr=0.05), torch.Generator().manual_seed(0))
+    assert len(seen) == 1 and len(seen[0]) == 2 * len(model.synthetic)
+    torch.testing.assert_close(seen[0].sum(0), decode(model.synthetic.detach(), 2).sum(0))  # in shuffled order

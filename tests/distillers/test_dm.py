@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ddlight.cli import main
 from ddlight.data.synthetic import SyntheticSounds
 from ddlight.distillers import DM
+from ddlight.distillers.formation import decode, encode
 from ddlight.distillers.dm import mean_embedding_distance
 from ddlight.evaluation import herding
 from ddlight.evaluation.suite import embedding_network
@@ -198,3 +199,20 @@ def test_cli_fit_exports_a_loadable_set(tmp_path: Path, monkeypatch: pytest.Monk
     assert "train/loss" in (manifest.parent.parent / "metrics.csv").read_text()
     report = json.loads((manifest.parent.parent / "evaluation.json").read_text())
     assert "random" in json.dumps(report)
+
+
+def test_formation_starts_packed_and_matches_each_class_decoded() -> None:
+    """formation 2: the set starts as 2 × ipc real picks per class packed in time (the base's start, shared by
+    every distiller), and each class is matched through its decoded samples."""
+    generator = torch.Generator().manual_seed(2)
+    x, y = torch.randn(30, *SHAPE, generator=generator), torch.arange(30) % 3
+    model = DM(SHAPE, 3, ipc=1, formation=2, network_options={"width": 8})
+    model.initialize_from(x, y, torch.Generator().manual_seed(0))
+    expected = encode(model.real_start(x, y, 2, torch.Generator().manual_seed(0)), 2)
+    assert torch.equal(model.synthetic.detach(), expected)
+    for c in range(3):
+        torch.testing.assert_close(model.class_samples(c), decode(model.synthetic[c : c + 1], 2))
+    features, targets = model.exported_set()
+    assert features.shape == (6, *SHAPE) and targets.tolist() == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="formation factor must be between 1 and the 8 frames"):
+        DM(SHAPE, 3, formation=9)

@@ -21,6 +21,7 @@ from torch import nn
 from ddlight.cli import main
 from ddlight.data.synthetic import SyntheticSounds
 from ddlight.distillers.base import average_across_ranks, load_synset, save_synset
+from ddlight.distillers.formation import decode
 from ddlight.distillers.rfad import (
     RFAD,
     Snapshot,
@@ -375,3 +376,29 @@ def test_exports_the_best_validated_set(restore_best: bool, tmp_path: Path) -> N
         assert model.export_extras()["rfad"]["best_val_acc"] == pytest.approx(100 * best_accuracy, abs=1e-3)
     else:
         torch.testing.assert_close(features, model.synthetic.detach())
+
+
+def test_formation_regresses_on_the_decoded_set_and_exports_it() -> None:
+    """formation 2: the kernel's support is the decoded set (12 rows from 6 stored) with each stored sample's
+    regression target repeated; the loss reaches every stored sample; the best snapshot exports decoded."""
+    model = tiny(formation=2, learn_labels=True)
+    x, y = real_batch()
+    networks = model.random_networks(3)
+    support, y_s = model.support()
+    torch.testing.assert_close(support, decode(model.synthetic, 2))
+    torch.testing.assert_close(y_s, model.regression_targets().repeat_interleave(2, dim=0))
+    phi_s = random_features(support, networks).double()
+    phi_t = random_features(x, networks).double()
+    k_ss = 2 * phi_s @ phi_s.T + 0.01
+    regularised = k_ss + 5e-3 * torch.trace(k_ss) / 12 * torch.eye(12, dtype=torch.float64)
+    expected = (2 * phi_t @ phi_s.T + 0.01) @ torch.linalg.solve(regularised, y_s.double())
+    torch.testing.assert_close(model.predict(x, networks).detach(), expected.detach())
+    model.loss_fn(model.predict(x, networks), y).backward()
+    assert (model.synthetic.grad.flatten(1).abs().sum(1) > 0).all()
+    model.record_validation(0.5)
+    with torch.no_grad():
+        model.synthetic.add_(1.0)  # the current set moves on; the export keeps the best one
+    features, targets = model.exported_set()
+    torch.testing.assert_close(features, decode(model.best.features, 2))
+    torch.testing.assert_close(targets, model.best.targets.repeat_interleave(2, dim=0))
+    assert features.shape == (12, *SHAPE)
