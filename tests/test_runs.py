@@ -76,8 +76,8 @@ METHODS = {
     "mtt": ("mtt_synthetic", {
         "ipc": 2, "syn_steps": 3, "max_start_epoch": 2, "expert_epochs": 1, "batch_syn": 5, "ema_decay": 0.9,
         "learn_labels": "true", "unroll": "checkpointed", "segment": 2}),
-    "rfad": ("rfad_synthetic", {
-        "ipc": 2, "num_models": 2, "width": 8, "real_batch": 16, "num_eval_models": 1, "learn_labels": "true",
+    "rfad": ("rfad_synthetic", {  # the config's formation 2: each stored sample starts from both real clips of a class
+        "ipc": 1, "num_models": 2, "width": 8, "real_batch": 16, "num_eval_models": 1, "learn_labels": "true",
         "patience": 10}),
     "frami": ("frami_synthetic", {
         "ipc": 2, "batch_size": 8, "synthesis": "generator"}),

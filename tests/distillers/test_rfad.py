@@ -339,7 +339,9 @@ def test_cli_fit_writes_distilled_set(tmp_path: Path, monkeypatch: pytest.Monkey
     ])
     (manifest,) = tmp_path.glob("runs/**/distilled/manifest.json")
     synset = load_synset(manifest.parent)
-    assert synset.features.shape[0] == 2 * len(synset.manifest["classes"])
+    formation = synset.manifest["formation"]  # the config's multi-formation: the export holds the decoded set
+    assert formation == 2 and synset.manifest["stored_ipc"] == 2
+    assert synset.features.shape[0] == 2 * formation * len(synset.manifest["classes"])
     assert synset.manifest["method"] == "rfad" and synset.manifest["step"] == 2
     metrics = (manifest.parent.parent / "metrics.csv").read_text()
     assert "val/acc" in metrics and "train/temperature" in metrics
