@@ -20,7 +20,7 @@ from torch import Tensor
 from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Init, Synset
 from ddlight.distillers.formation import decode
-from ddlight.networks import AudioNetwork, build_network, with_fast_instance_norm
+from ddlight.networks import AudioNetwork, build_network, for_unrolling
 
 #: ``(outer_loop, inner_loop)`` of the original DC/DSA code (``get_loops``) by images per class.
 ORIGINAL_LOOPS: dict[int, tuple[int, int]] = {
@@ -180,7 +180,7 @@ class Condensation(Distiller):
             torch.manual_seed(draw_seed(generator))
             network = build_network(self.hparams.network, self.in_shape, self.num_classes,
                                     **dict(self.hparams.network_options or {}))
-        return with_fast_instance_norm(network).to(self.device).train()
+        return for_unrolling(network).to(self.device).train()
 
     def augment_pair(self, real: Tensor, syn: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """The real and synthetic batch of a class under one siamese draw (unchanged without augmentation)."""

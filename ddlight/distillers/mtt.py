@@ -19,7 +19,7 @@ from ddlight.augment import SpecAugment
 from ddlight.distillers.base import Distiller, Init, soft_cross_entropy
 from ddlight.evaluation.suite import embedding_network
 from ddlight.io import load_trajectories
-from ddlight.networks import with_fast_instance_norm
+from ddlight.networks import for_unrolling
 from ddlight.recipe import build_expert_network
 
 
@@ -209,7 +209,7 @@ class MTT(Distiller):
 
     def build_student(self, manifest: dict[str, Any]) -> None:
         """Build the student network the experts were trained as (its own weights are never used)."""
-        self.student = with_fast_instance_norm(build_expert_network(manifest)).requires_grad_(False)
+        self.student = for_unrolling(build_expert_network(manifest)).requires_grad_(False)
         self.shapes = {name: p.shape for name, p in self.student.named_parameters()}
 
     def check_experts(self, manifest: dict[str, Any], data: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ by the coreset baselines) and a ``forward`` that works under :func:`torch.func.f
 so distillers can unroll differentiable SGD through it. Prefer ``norm="instance"`` (or
 ``"none"``) inside such unrolled loops: batch norm updates its running statistics in place; a distiller
 that differentiates through the network's backward pass (MTT, DC) should also pass it through
-:func:`with_fast_instance_norm`.
+:func:`for_unrolling`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 from ddlight.networks.base import AudioNetwork, InShape, as_in_shape
 from ddlight.networks.cnn4 import CNN4
 from ddlight.networks.convnet import ConvNet
-from ddlight.networks.instance_norm import InstanceNorm, with_fast_instance_norm
+from ddlight.networks.instance_norm import InstanceNorm
 from ddlight.networks.kws import TCResNet8
 from ddlight.networks.mlp import MLP
 from ddlight.networks.resnet import ResNet, resnet18
+from ddlight.networks.second_order import for_unrolling
 from ddlight.networks.statpool import HiddenStates, StatsPoolTDNN, statistics_pooling
 from ddlight.networks.vgg import VGG, vgg11
 
@@ -97,9 +98,9 @@ __all__ = [
     "TCResNet8",
     "as_in_shape",
     "build_network",
+    "for_unrolling",
     "network_options",
     "resnet18",
     "statistics_pooling",
     "vgg11",
-    "with_fast_instance_norm",
 ]

@@ -93,23 +93,3 @@ class InstanceNorm(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         return _InstanceNormFunction.apply(x.to(self.weight.dtype).contiguous(), self.weight, self.bias, self.eps)
 
-
-def with_fast_instance_norm(network: nn.Module) -> nn.Module:
-    """Replace every affine instance norm (``GroupNorm`` with one channel per group) by :class:`InstanceNorm`.
-
-    For networks that distillers differentiate through twice (MTT's student, DC/DSA's matching networks).
-    Parameters are kept (the same tensors), so loaded weights and ``functional_call`` work unchanged.
-
-    Args:
-        network: The network, changed in place.
-
-    Returns:
-        ``network``.
-    """
-    for parent in list(network.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.GroupNorm and child.affine and child.num_groups == child.num_channels:
-                fast = InstanceNorm(child.num_channels, eps=child.eps)
-                fast.weight, fast.bias = child.weight, child.bias
-                setattr(parent, name, fast)
-    return network
