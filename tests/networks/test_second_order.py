@@ -47,12 +47,15 @@ def test_convolution_first_and_second_derivatives_pass_gradcheck(spec: tuple) ->
 
 
 def second_order(layer: nn.Module, x: Tensor) -> list[Tensor]:
-    """An MTT-shaped second-order quantity: the gradient of a function of the (create_graph) gradient."""
-    params = list(layer.parameters())
+    """An MTT-shaped second-order quantity: the gradient of a function of the (create_graph) gradient.
+
+    Taken with respect to the parameters, and to ``x`` too when it needs gradients.
+    """
+    inputs = [x] * x.requires_grad + list(layer.parameters())
     loss = (layer(x) ** 3).sum()
-    grads = torch.autograd.grad(loss, [x, *params], create_graph=True)
+    grads = torch.autograd.grad(loss, inputs, create_graph=True)
     outer = sum((g * torch.linspace(-1, 1, g.numel(), dtype=g.dtype).view_as(g)).sum() for g in grads)
-    return [*grads, *torch.autograd.grad(outer, [x, *params])]
+    return [*grads, *torch.autograd.grad(outer, inputs)]
 
 
 @pytest.mark.parametrize("spec", CONVS)
@@ -128,3 +131,12 @@ def test_swapped_network_unrolls_like_the_original() -> None:
         meta.append(torch.autograd.grad(outer, images)[0])
     assert meta[0].abs().max() > 0
     torch.testing.assert_close(meta[1], meta[0], rtol=1e-9, atol=1e-12)
+
+
+def test_convolution_of_an_input_without_gradient() -> None:
+    """The first backward skips the input's gradient; the parameters' second derivatives still match."""
+    reference, fast = twins(CONVS[0])
+    x = float64(2, 3, 6, 5).detach()
+    for got, expected in zip(second_order(fast, x), second_order(reference, x), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
