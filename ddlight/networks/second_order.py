@@ -107,9 +107,20 @@ class Conv2d(nn.Conv2d):
     both its derivatives run in that type.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        """Take ``nn.Conv2d``'s arguments.
+
+        Raises:
+            ValueError: For padding other than zeros given as numbers (``padding_mode``, ``"same"``).
+        """
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ValueError(f"Conv2d takes zero padding given as numbers, got padding={self.padding!r}, "
+                             f"padding_mode={self.padding_mode!r}; keep nn.Conv2d for these")
+
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         device = x.device.type
-        if torch.is_autocast_enabled(device):
+        if torch.is_autocast_enabled(device) and x.dtype != torch.float64:  # autocast leaves float64 alone
             dtype = torch.get_autocast_dtype(device)
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
@@ -194,7 +205,7 @@ def _replacement(module: nn.Module) -> nn.Module | None:
         fast.weight, fast.bias = module.weight, module.bias
         return fast
     pairs = nn.modules.utils._pair
-    if kind is nn.AvgPool2d and module.stride == module.kernel_size and pairs(module.padding) == (0, 0) \
+    if kind is nn.AvgPool2d and pairs(module.stride) == pairs(module.kernel_size) and pairs(module.padding) == (0, 0) \
             and not module.ceil_mode and module.divisor_override is None:
         return AvgPool2d(module.kernel_size)
     return None

@@ -67,7 +67,10 @@ def test_convolution_matches_pytorch_to_float64_rounding(spec: tuple) -> None:
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize(("kernel", "size"), [(2, (8, 6)), (2, (5, 7)), ((1, 2), (3, 9)), ((2, 1), (5, 4)), (3, (7, 9))])
+POOLS = [(2, (8, 6)), (2, (5, 7)), ((1, 2), (3, 9)), ((2, 1), (5, 4)), (3, (7, 9))]  # (kernel, input size)
+
+
+@pytest.mark.parametrize(("kernel", "size"), POOLS)
 def test_pooling_matches_pytorch_to_float64_rounding(kernel: int | tuple[int, int], size: tuple[int, int]) -> None:
     reference, fast = nn.AvgPool2d(kernel), AvgPool2d(kernel)
     x = float64(2, 3, *size)
@@ -89,7 +92,7 @@ def test_convolution_runs_in_the_autocast_type() -> None:
     torch.testing.assert_close(out, expected)
     assert gx_fast.dtype == x.dtype
     torch.testing.assert_close(gx_fast, gx_ref)
-    meta = [torch.autograd.grad(g.sum(), fast.weight if g is gx_fast else reference.weight)[0] for g in (gx_fast, gx_ref)]
+    meta = [torch.autograd.grad(g.sum(), layer.weight)[0] for g, layer in ((gx_fast, fast), (gx_ref, reference))]
     assert meta[0].dtype == torch.float32
     torch.testing.assert_close(meta[0], meta[1], rtol=2e-2, atol=2e-2)
 
@@ -140,3 +143,14 @@ def test_convolution_of_an_input_without_gradient() -> None:
     for got, expected in zip(second_order(fast, x), second_order(reference, x), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
+
+
+@pytest.mark.parametrize("options", [{"padding": "same"}, {"padding": 1, "padding_mode": "reflect"}])
+def test_convolution_refuses_other_padding(options: dict) -> None:
+    with pytest.raises(ValueError, match="zero padding"):
+        Conv2d(2, 2, 3, **options)
+
+
+def test_swap_takes_pools_whose_stride_is_spelled_differently() -> None:
+    network = nn.Sequential(nn.AvgPool2d(2, stride=(2, 2)), nn.AvgPool2d((2, 1), stride=(2, 1)))
+    assert [type(m) for m in for_unrolling(network)] == [AvgPool2d, AvgPool2d]
