@@ -416,6 +416,7 @@ def test_cli_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = next((tmp_path / "runs/mtt_synthetic").rglob("distilled")).parent
     synset = load_synset(run / "distilled")
     assert synset.manifest["method"] == "mtt" and synset.manifest["step"] == 2
-    assert len(synset.features) == synset.manifest["num_classes"]
+    assert synset.manifest["formation"] == 2  # the config packs 2 decoded samples into each stored one
+    assert len(synset.features) == synset.manifest["num_classes"] * 2
     report = load_json(run / "evaluation.json")
     assert report  # the evaluator ran on the distilled set
