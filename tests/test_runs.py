@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ddlight.distillers.formation import decode
 from ddlight.io import load_synset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,8 +74,8 @@ def _data_args() -> list[str]:
 #: and an EMA; RFAD validates every 2 steps so its early-stopping state crosses the interruption; FRAMI
 #: inverts its teacher through the conditional generator (its weights and Adam state cross it too).
 METHODS = {
-    "mtt": ("mtt_synthetic", {
-        "ipc": 2, "syn_steps": 3, "max_start_epoch": 2, "expert_epochs": 1, "batch_syn": 5, "ema_decay": 0.9,
+    "mtt": ("mtt_synthetic", {  # formation 2 from the config, as RFAD's
+        "ipc": 1, "syn_steps": 3, "max_start_epoch": 2, "expert_epochs": 1, "batch_syn": 5, "ema_decay": 0.9,
         "learn_labels": "true", "unroll": "checkpointed", "segment": 2}),
     "rfad": ("rfad_synthetic", {  # the config's formation 2: each stored sample starts from both real clips of a class
         "ipc": 1, "num_models": 2, "width": 8, "real_batch": 16, "num_eval_models": 1, "learn_labels": "true",
@@ -169,7 +170,8 @@ def test_signals_save_a_checkpoint_and_a_partial_set_and_exit_non_zero(
     assert 3 <= checkpoint["global_step"] <= 4
     synset = load_synset(run / "distilled")
     assert synset.manifest["partial"] is True and synset.manifest["step"] == checkpoint["global_step"]
-    assert torch.equal(synset.features, checkpoint["state_dict"]["synthetic_ema"])
+    stored_ema = checkpoint["state_dict"]["synthetic_ema"]  # the export is its decoded set (formation 2)
+    assert torch.equal(synset.features, decode(stored_ema, synset.manifest["formation"]))
 
 
 #: Active learning at tiny size: 55 pool clips, 1 network, 2 strategies, budgets 22 and 33 reached in
