@@ -71,7 +71,7 @@ class _Conv2dBackward(torch.autograd.Function):
             if alpha is not None:
                 term = _conv(x, alpha, options)
                 grad_gy = term if grad_gy is None else grad_gy.add_(term)
-            if beta is not None and options[4]:
+            if beta is not None:  # only when the convolution has a bias (gb is None otherwise)
                 term = beta.view(1, -1, 1, 1)
                 grad_gy = term.expand_as(gy) if grad_gy is None else grad_gy.add_(term)
         if ctx.needs_input_grad[1] and alpha is not None:
@@ -98,6 +98,11 @@ class _Conv2dFunction(torch.autograd.Function):
         return gx, gw, gb, None
 
 
+def _zero_padded(conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` pads with zeros given as numbers (what :class:`Conv2d` computes)."""
+    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (zero padding given as numbers) whose second derivative runs PyTorch's fast kernels.
 
@@ -114,7 +119,7 @@ class Conv2d(nn.Conv2d):
             ValueError: For padding other than zeros given as numbers (``padding_mode``, ``"same"``).
         """
         super().__init__(*args, **kwargs)
-        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+        if not _zero_padded(self):
             raise ValueError(f"Conv2d takes zero padding given as numbers, got padding={self.padding!r}, "
                              f"padding_mode={self.padding_mode!r}; keep nn.Conv2d for these")
 
@@ -174,7 +179,7 @@ class _AvgPoolFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:
-        return _Spread.apply(g.contiguous(), ctx.shape, ctx.kernel), None
+        return _Spread.apply(g, ctx.shape, ctx.kernel), None
 
 
 class AvgPool2d(nn.AvgPool2d):
@@ -186,10 +191,9 @@ class AvgPool2d(nn.AvgPool2d):
 
     def __init__(self, kernel_size: int | tuple[int, int]) -> None:
         super().__init__(kernel_size)
-        self.window = nn.modules.utils._pair(kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _AvgPoolFunction.apply(x, self.window)
+        return _AvgPoolFunction.apply(x, nn.modules.utils._pair(self.kernel_size))
 
 
 def _replacement(module: nn.Module) -> nn.Module | None:
@@ -199,7 +203,7 @@ def _replacement(module: nn.Module) -> nn.Module | None:
         fast = InstanceNorm(module.num_channels, eps=module.eps)
         fast.weight, fast.bias = module.weight, module.bias
         return fast
-    if kind is nn.Conv2d and module.padding_mode == "zeros" and not isinstance(module.padding, str):
+    if kind is nn.Conv2d and _zero_padded(module):
         fast = Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                       module.dilation, module.groups, module.bias is not None, device="meta")
         fast.weight, fast.bias = module.weight, module.bias

@@ -144,7 +144,6 @@ def test_convolution_of_an_input_without_gradient() -> None:
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
-
 @pytest.mark.parametrize("options", [{"padding": "same"}, {"padding": 1, "padding_mode": "reflect"}])
 def test_convolution_refuses_other_padding(options: dict) -> None:
     with pytest.raises(ValueError, match="zero padding"):
