@@ -150,7 +150,8 @@ class MTT(Distiller):
         if syn_steps < 1 or expert_epochs < 1 or max_start_epoch < 1 or segment < 1:
             raise ValueError("syn_steps, expert_epochs, max_start_epoch and segment must be >= 1")
         if not 0 <= min_start_epoch < max_start_epoch:
-            raise ValueError(f"need 0 <= min_start_epoch < max_start_epoch, got {min_start_epoch}, {max_start_epoch}")
+            raise ValueError(f"need 0 <= min_start_epoch < max_start_epoch, got {min_start_epoch}, {max_start_epoch} "
+                             "(a config may set min_start_epoch: override both)")
         if label_init not in ("onehot", "experts"):
             raise ValueError(f"label_init must be 'onehot' or 'experts', got {label_init!r}")
         if label_init == "experts" and not learn_labels:

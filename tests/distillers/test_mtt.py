@@ -409,7 +409,8 @@ def test_cli_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
           "--model.init_args.num_models=1", "--model.init_args.network_options.width=8", "--test_after_fit=false"])
     assert (tmp_path / "experts/synthetic/manifest.json").is_file()
     main(["fit", "--config", str(REPO / "configs/mtt_synthetic.yaml"), *data, "--trainer.max_steps=2",
-          "--model.init_args.ipc=1", "--model.init_args.syn_steps=2", "--model.init_args.max_start_epoch=1",
+          "--model.init_args.ipc=1", "--model.init_args.syn_steps=2", "--model.init_args.min_start_epoch=0",
+          "--model.init_args.max_start_epoch=1",
           "--model.init_args.expert_epochs=1", "--trainer.enable_progress_bar=false",
           "--trainer.callbacks.init_args.recipe.epochs=2", "--trainer.callbacks.init_args.repeats=1",
           "--trainer.callbacks.init_args.baselines=[random]"])

@@ -21,7 +21,8 @@ QUIET = ["--trainer.enable_progress_bar=false", "--test_after_fit=false"]
 #: Tiny settings of each distiller (the tiny data has 3 training clips per class: both configs pack 2 clips into
 #: each stored sample, formation 2, so each stores 1 per class and exports 2).
 METHODS = {
-    "mtt": ["--model.init_args.ipc=1", "--model.init_args.syn_steps=2", "--model.init_args.max_start_epoch=1",
+    "mtt": ["--model.init_args.ipc=1", "--model.init_args.syn_steps=2", "--model.init_args.min_start_epoch=0",
+            "--model.init_args.max_start_epoch=1",
             "--model.init_args.expert_epochs=1", "--model.init_args.batch_syn=11"],
     "rfad": ["--model.init_args.ipc=1", "--model.init_args.num_models=2", "--model.init_args.width=8",
              "--model.init_args.real_batch=16", "--model.init_args.num_eval_models=1"],
