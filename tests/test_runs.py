@@ -75,8 +75,8 @@ def _data_args() -> list[str]:
 #: inverts its teacher through the conditional generator (its weights and Adam state cross it too).
 METHODS = {
     "mtt": ("mtt_synthetic", {  # formation 2 from the config, as RFAD's
-        "ipc": 1, "syn_steps": 3, "min_start_epoch": 0, "max_start_epoch": 2, "expert_epochs": 1, "batch_syn": 5, "ema_decay": 0.9,
-        "learn_labels": "true", "unroll": "checkpointed", "segment": 2}),
+        "ipc": 1, "syn_steps": 3, "min_start_epoch": 0, "max_start_epoch": 2, "expert_epochs": 1, "batch_syn": 5,
+        "ema_decay": 0.9, "learn_labels": "true", "unroll": "checkpointed", "segment": 2}),
     "rfad": ("rfad_synthetic", {  # the config's formation 2: each stored sample starts from both real clips of a class
         "ipc": 1, "num_models": 2, "width": 8, "real_batch": 16, "num_eval_models": 1, "learn_labels": "true",
         "patience": 10}),
