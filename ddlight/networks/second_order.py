@@ -35,10 +35,10 @@ ConvOptions = tuple[list[int], list[int], list[int], int, bool]
 _conv_backward = torch.ops.aten.convolution_backward.default
 
 
-def _conv(x: Tensor, weight: Tensor, options: ConvOptions) -> Tensor:
-    """``conv2d(x, weight)`` without bias under ``options``."""
+def _conv(x: Tensor, weight: Tensor, options: ConvOptions, bias: Tensor | None = None) -> Tensor:
+    """``conv2d(x, weight, bias)`` under ``options``."""
     stride, padding, dilation, groups, _ = options
-    return F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
 def _backward(gy: Tensor, x: Tensor, weight: Tensor, options: ConvOptions, mask: list[bool]) -> tuple[Tensor, ...]:
@@ -86,10 +86,9 @@ class _Conv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, options: ConvOptions) -> Tensor:
-        stride, padding, dilation, groups, _ = options
         ctx.save_for_backward(x, weight)
         ctx.options = options
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        return _conv(x, weight, options, bias)
 
     @staticmethod
     def backward(ctx, gy: Tensor) -> tuple[Tensor | None, ...]:
